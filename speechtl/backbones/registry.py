@@ -1,0 +1,89 @@
+"""Backbone registry: builder functions by name, ``create_backbone`` and ``list_backbones``.
+
+Names resolve like ``from_pretrained``: a registered name (packaged offline models and tiny
+random builders), then an existing local folder, then a hub id of a known family.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelNotFoundError
+
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+# Hub-id prefixes → family builder taking (name_or_path, **kw); checked in order.
+_HUB_FAMILIES: list[tuple[str, Callable[..., Any]]] = []
+# HF config ``model_type`` → family builder, for local folders.
+_MODEL_TYPES: dict[str, Callable[..., Any]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a builder ``fn(**kw) -> Backbone`` under ``name``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def register_family(builder: Callable[..., Any], *, hub_prefixes: tuple[str, ...] = (), model_types: tuple[str, ...] = ()):
+    """Route hub ids starting with ``hub_prefixes`` and local folders of ``model_types`` to ``builder``."""
+    for prefix in hub_prefixes:
+        _HUB_FAMILIES.append((prefix, builder))
+    for mt in model_types:
+        _MODEL_TYPES[mt] = builder
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Registered names matching a glob ``pattern`` (hub ids and folders are not listed)."""
+    _load_families()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def create_backbone(name: str | os.PathLike, **kwargs: Any):
+    """Build a backbone from a registered name, a local HF folder, or a hub id.
+
+    Extra keyword arguments go to the family's builder (e.g. ``dtype``, ``vocab``).
+    Raises :class:`ModelNotFoundError` listing close matches when nothing fits.
+    """
+    _load_families()
+    key = str(name)
+    if key in _REGISTRY:
+        return _REGISTRY[key](**kwargs)
+    path = Path(key).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise ModelNotFoundError(f"{path}: folder has no config.json; give a Hugging Face model folder")
+        try:
+            model_type = json.loads(cfg.read_text()).get("model_type", "")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelNotFoundError(f"{cfg}: not valid JSON ({e}); the model folder is damaged") from None
+        builder = _MODEL_TYPES.get(model_type)
+        if builder is None:
+            known = ", ".join(sorted(_MODEL_TYPES))
+            raise ModelNotFoundError(f"{path}: model_type {model_type!r} is not supported; supported: {known}")
+        return builder(str(path), **kwargs)
+    for prefix, builder in _HUB_FAMILIES:
+        if key.startswith(prefix):
+            return builder(key, **kwargs)
+    close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ModelNotFoundError(
+        f"unknown model {key!r}{hint} Give a name from speechtl.list_backbones(), a local model folder, "
+        f"or a hub id starting with one of: {', '.join(p for p, _ in _HUB_FAMILIES)}"
+    )
+
+
+def _load_families() -> None:
+    # Importing the family modules runs their @register_backbone decorators.
+    from . import wav2vec2, whisper  # noqa: F401
