@@ -1,0 +1,304 @@
+"""Whisper (sequence-to-sequence ASR) behind the :class:`~speechtl.backbones.base.Backbone` interface.
+
+The encoder runs here rather than through ``WhisperEncoder.forward`` for two reasons:
+every layer's output is returned (for layer-weighted heads), and clips can be padded only
+to the batch's longest clip instead of 30 s (``short_clips``) by slicing the positional
+embeddings. In that mode padded frames are masked out of the encoder's self-attention, so a
+padded batch gives each clip the same encoder states as encoding it alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizerFast,
+)
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import logging as hf_logging
+
+from ..errors import AudioError, ModelNotFoundError
+from ._tokenizers import WHISPER_SPECIALS, byte_level_tokenizer
+from .base import EncoderOutput, layer_groups_by_prefix
+from .registry import register_backbone, register_family
+
+HOP = 160  # mel hop length (samples at 16 kHz): 100 frames per second
+
+
+class WhisperBackbone(nn.Module):
+    """A Whisper model and its processor.
+
+    Args:
+        model: the transformers model (owned by this backbone).
+        processor: its ``WhisperProcessor`` (feature extractor + tokenizer).
+        name: the name it was created from.
+        short_clips: pad each batch only to its longest clip (faster, for training) rather than
+            to 30 s (what the pretrained model saw; the default for zero-shot decoding).
+        language: decoding/training language for multilingual models (``"en"`` by default).
+    """
+
+    modality = "audio"
+    task = "seq2seq"
+    default_adapter_targets = ("q_proj", "v_proj")
+
+    def __init__(
+        self,
+        model: WhisperForConditionalGeneration,
+        processor: WhisperProcessor,
+        name: str,
+        *,
+        short_clips: bool = False,
+        language: str | None = "en",
+    ):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.short_clips = short_clips
+        cfg = model.config
+        self.sample_rate = processor.feature_extractor.sampling_rate
+        self.hidden_size = cfg.d_model
+        self.num_layers = cfg.encoder_layers
+        self.max_frames = cfg.max_source_positions * 2  # mel frames the encoder was trained on (30 s)
+        self.multilingual = bool(getattr(model.generation_config, "is_multilingual", cfg.vocab_size >= 51865))
+        self.language = language if self.multilingual else None
+
+    # -- inputs ---------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def prepare(self, waveforms: list[np.ndarray], short_clips: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms ``(samples,)`` at 16 kHz to log-mel ``(batch, n_mels, frames)`` and valid frame counts ``(batch,)``.
+
+        Each clip's features are computed as if padded to 30 s, so they do not depend on the
+        other clips in the batch; with ``short_clips`` the batch is then cut to its longest clip
+        (rounded up to an even frame count, the encoder's stride).
+        """
+        short = self.short_clips if short_clips is None else short_clips
+        max_samples = self.max_frames * HOP
+        for i, w in enumerate(waveforms):
+            if len(w) == 0:
+                raise AudioError(f"clip {i} of the batch is empty")
+            if len(w) > max_samples:
+                raise AudioError(
+                    f"clip {i} of the batch is {len(w) / self.sample_rate:.1f} s; Whisper takes at most "
+                    f"{max_samples / self.sample_rate:.0f} s per clip: split longer audio into segments"
+                )
+        feats = self.processor.feature_extractor(
+            [np.asarray(w, dtype=np.float32) for w in waveforms],
+            sampling_rate=self.sample_rate,
+            padding="max_length",
+            return_tensors="pt",
+        ).input_features
+        lengths = torch.tensor([min(math.ceil(len(w) / HOP), self.max_frames) for w in waveforms])
+        if short:
+            frames = int(lengths.max())
+            frames += frames % 2
+            feats = feats[..., :frames].clone()
+            # Zero beyond each clip, as the first convolution's own padding does for a clip alone.
+            feats.masked_fill_(torch.arange(frames)[None, None, :] >= lengths[:, None, None], 0.0)
+        return feats, lengths
+
+    # -- encoder ----------------------------------------------------------------------------
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """Log-mel ``(batch, n_mels, frames)`` to per-layer states ``(batch, frames // 2, d_model)``."""
+        enc = self.model.model.encoder
+        frames = inputs.shape[-1]
+        if frames > self.max_frames or frames % 2:
+            raise ValueError(f"Whisper encoder takes an even number of frames up to {self.max_frames}, got {frames}")
+        x = F.gelu(enc.conv1(inputs.to(enc.conv1.weight.dtype)))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
+        steps = x.shape[1]
+        x = x + enc.embed_positions.weight[:steps].to(x.dtype)
+        x = F.dropout(x, p=enc.dropout, training=self.training)
+        enc_lengths = torch.div(lengths.to(x.device) + 1, 2, rounding_mode="floor").clamp(max=steps)
+        mask = None
+        if steps < enc.config.max_source_positions:
+            # Short-clip mode: keep padding out of the keys so batching never changes a clip's states.
+            valid = torch.arange(steps, device=x.device)[None, :] < enc_lengths[:, None]
+            mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
+        states = [x]
+        for layer in enc.layers:
+            if self.training and enc.layerdrop > 0 and torch.rand([]) < enc.layerdrop:
+                states.append(x)
+                continue
+            x = layer(x, mask)
+            states.append(x)
+        states[-1] = enc.layer_norm(x)
+        return EncoderOutput(tuple(states), enc_lengths)
+
+    # -- ASR ----------------------------------------------------------------------------------
+    def prompt_ids(self) -> list[int]:
+        """Decoder prompt: start-of-transcript, language and task (multilingual), no-timestamps."""
+        tok = self.tokenizer
+        ids = [tok.convert_tokens_to_ids("<|startoftranscript|>")]
+        if self.multilingual:
+            ids += [tok.convert_tokens_to_ids(f"<|{self.language}|>"), tok.convert_tokens_to_ids("<|transcribe|>")]
+        ids.append(tok.convert_tokens_to_ids("<|notimestamps|>"))
+        return ids
+
+    def label_ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forcing inputs and targets ``(batch, tokens)``; targets are -100 on the prompt and padding."""
+        tok = self.tokenizer
+        prompt = self.prompt_ids()
+        eot = tok.convert_tokens_to_ids("<|endoftext|>")
+        seqs = [prompt + tok.encode(" " + t.strip(), add_special_tokens=False) + [eot] for t in texts]
+        limit = self.model.config.max_target_positions
+        longest = max(len(s) for s in seqs)
+        if longest > limit:
+            raise ValueError(f"a transcript is {longest} tokens, over Whisper's {limit}-token decoder limit")
+        inp = torch.full((len(seqs), longest - 1), eot, dtype=torch.long)
+        tgt = torch.full((len(seqs), longest - 1), -100, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            inp[i, : len(s) - 1] = torch.tensor(s[:-1])
+            tgt[i, len(prompt) - 1 : len(s) - 1] = torch.tensor(s[len(prompt) :])
+        return inp, tgt
+
+    def loss(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Mean token cross-entropy of the transcripts given the audio (teacher forcing)."""
+        logits, tgt = self.logits(inputs, lengths, texts)
+        return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100)
+
+    def logits(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder logits ``(batch, tokens, vocab)`` under teacher forcing, and their targets."""
+        dec_in, tgt = self.label_ids(texts)
+        device = inputs.device
+        enc = self.encode(inputs, lengths)
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state),
+            decoder_input_ids=dec_in.to(device),
+            use_cache=False,
+        )
+        return out.logits, tgt.to(device)
+
+    @torch.no_grad()
+    def generate(
+        self, inputs: torch.Tensor, lengths: torch.Tensor, *, beam_size: int = 1, max_new_tokens: int = 128
+    ) -> list[str]:
+        """Decode transcripts (greedy, or beam search with ``beam_size > 1``) without timestamps."""
+        enc = self.encode(inputs, lengths)
+        kwargs: dict[str, Any] = {}
+        if self.multilingual:
+            kwargs.update(language=self.language, task="transcribe")
+        prompt = len(self.prompt_ids())
+        with _quiet_transformers():
+            ids = self.model.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state),
+                num_beams=beam_size,
+                do_sample=False,
+                max_length=min(prompt + max_new_tokens, self.model.config.max_target_positions),
+                return_timestamps=False,
+                **kwargs,
+            )
+        if not torch.is_tensor(ids):  # some generate paths return a dict-like output
+            ids = ids["sequences"]
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def layer_groups(self) -> list[tuple[str, list[str]]]:
+        """frontend (convs, positions), encoder layers, head (encoder norm and the whole decoder)."""
+        return layer_groups_by_prefix(
+            self,
+            frontend=("model.model.encoder.conv1", "model.model.encoder.conv2", "model.model.encoder.embed_positions"),
+            layers="model.model.encoder.layers",
+            num_layers=self.num_layers,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    # generate() warns about pad == eos and missing attention masks, which do not apply to
+    # encoder_outputs given directly; keep real errors, drop that noise.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+# -- builders ----------------------------------------------------------------------------------
+
+
+def from_pretrained(
+    name_or_path: str, *, dtype: torch.dtype = torch.float32, short_clips: bool = False, language: str | None = "en",
+    display_name: str | None = None,
+) -> WhisperBackbone:
+    """Load a Whisper model and processor from a local folder or a hub id."""
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
+        processor = WhisperProcessor.from_pretrained(name_or_path)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
+        raise ModelNotFoundError(f"cannot load Whisper model {name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return WhisperBackbone(model, processor, display_name or str(name_or_path), short_clips=short_clips, language=language)
+
+
+def _packaged(name: str):
+    def build(**kw) -> WhisperBackbone:
+        from ..convert.packaged import packaged_model_dir
+
+        return from_pretrained(str(packaged_model_dir(name)), display_name=name, **kw)
+
+    build.__name__ = f"whisper_{name}"
+    return build
+
+
+register_backbone("whisper-tiny.en")(_packaged("whisper-tiny.en"))
+register_backbone("whisper-base")(_packaged("whisper-base"))
+register_family(from_pretrained, hub_prefixes=("openai/whisper-", "distil-whisper/"), model_types=("whisper",))
+
+
+@register_backbone("whisper-tiny-random")
+def whisper_tiny_random(*, seed: int = 0, short_clips: bool = False, d_model: int = 64, layers: int = 2) -> WhisperBackbone:
+    """A 2-layer, 64-wide random English-only Whisper with a byte-level tokenizer, for tests."""
+    tok = WhisperTokenizerFast(tokenizer_object=byte_level_tokenizer(), unk_token="<|endoftext|>",
+                               bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS[1:])})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    config = WhisperConfig(
+        vocab_size=len(tok),
+        num_mel_bins=80,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=2 * d_model,
+        decoder_ffn_dim=2 * d_model,
+        max_source_positions=1500,
+        max_target_positions=128,
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=False,
+        max_length=config.max_target_positions,
+    )
+    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tok)
+    return WhisperBackbone(model, processor, "whisper-tiny-random", short_clips=short_clips)
