@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+
+import speechtl
+from speechtl.backbones import Backbone
+from speechtl.backbones.base import group_parameters
+from speechtl.errors import ModelNotFoundError
+
+TINY = ["whisper-tiny-random", "wav2vec2-tiny-random", "hubert-tiny-random", "wavlm-tiny-random",
+        "data2vec-audio-tiny-random"]
+
+
+def clips(seed=0, lengths=(16000, 9000, 12345)):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(n)).astype("float32") for n in lengths]
+
+
+def test_registry_lists_every_family():
+    names = speechtl.list_backbones()
+    for n in TINY + ["whisper-tiny.en", "whisper-base"]:
+        assert n in names
+    assert speechtl.list_backbones("whisper-*") == [n for n in names if n.startswith("whisper-")]
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(ModelNotFoundError, match="did you mean.*whisper-tiny.en"):
+        speechtl.create_backbone("whisper-tiny.em")
+
+
+def test_local_folder_without_config(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        speechtl.create_backbone(tmp_path)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_forward_shapes_and_protocol(name):
+    b = speechtl.create_backbone(name)
+    assert isinstance(b, Backbone)
+    assert b.modality == "audio" and b.sample_rate == 16000
+    x, lengths = b.prepare(clips())
+    with torch.no_grad():
+        out = b.encode(x, lengths)
+    assert len(out.hidden_states) == b.num_layers + 1
+    for h in out.hidden_states:
+        assert h.shape[0] == 3 and h.shape[-1] == b.hidden_size and torch.isfinite(h).all()
+    assert out.lengths[0] > out.lengths[2] > out.lengths[1]  # clips of 16000, 9000, 12345 samples
+    assert int(out.lengths.max()) <= out.last_hidden_state.shape[1]
+    loss = b.loss(x, lengths, ["hello world", "a test", "more words here"])
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    texts = b.generate(x, lengths, max_new_tokens=4)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_padded_batch_equals_one_at_a_time(name):
+    b = speechtl.create_backbone(name)
+    if name.startswith("whisper"):
+        b.short_clips = True  # 30-s padding is trivially batch-invariant; the short mode is the one to check
+    waves = clips()
+    with torch.no_grad():
+        batch = b.encode(*b.prepare(waves))
+        for i, w in enumerate(waves):
+            single = b.encode(*b.prepare([w]))
+            n = int(single.lengths[0])
+            assert int(batch.lengths[i]) == n
+            for hb, hs in zip(batch.hidden_states, single.hidden_states):
+                torch.testing.assert_close(hb[i, :n], hs[0, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_whisper_short_clips_match_30s_on_valid_frames_length():
+    b = speechtl.create_backbone("whisper-tiny-random")
+    waves = clips(lengths=(16000, 8000))
+    long_x, long_len = b.prepare(waves, short_clips=False)
+    short_x, short_len = b.prepare(waves, short_clips=True)
+    assert long_x.shape[-1] == 3000 and short_x.shape[-1] == 100
+    assert long_len.tolist() == short_len.tolist() == [100, 50]
+    torch.testing.assert_close(short_x[0], long_x[0, :, :100])
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_layer_groups_cover_every_parameter_once(name):
+    b = speechtl.create_backbone(name)
+    groups = b.layer_groups()
+    assert [g for g, _ in groups] == ["frontend"] + [f"layer.{i}" for i in range(b.num_layers)] + ["head"]
+    resolved = group_parameters(b, groups)
+    assert sum(len(v) for v in resolved.values()) == len(list(b.parameters()))
+    assert all(resolved[f"layer.{i}"] for i in range(b.num_layers))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_random_is_deterministic(name):
+    a, b = speechtl.create_backbone(name), speechtl.create_backbone(name)
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+
+
+def test_ctc_targets_drop_unknown_characters():
+    b = speechtl.create_backbone("wav2vec2-tiny-random")
+    ids = b.text_to_ids("Hello, world!")
+    assert b.tokenizer.decode(ids, group_tokens=False) == "HELLO WORLD"
+
+
+def test_whisper_labels_mask_the_prompt():
+    b = speechtl.create_backbone("whisper-tiny-random")
+    inp, tgt = b.label_ids(["hi", "hello there"])
+    prompt = b.prompt_ids()
+    assert inp[0, : len(prompt)].tolist() == prompt
+    assert (tgt[:, : len(prompt) - 1] == -100).all()
+    eot = b.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tgt[1][tgt[1] != -100].tolist()[-1] == eot
+    assert b.tokenizer.decode(tgt[1][tgt[1] != -100].tolist()[:-1]) == " hello there"
