@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -83,6 +84,11 @@ def parse_manifest(path: str | os.PathLike) -> tuple[list[Utterance], list[str]]
     Returns ``(utterances, problems)``; each problem is a ``"file:line: ..."`` sentence. Lines
     with problems are left out of ``utterances``. Blank lines are allowed and skipped.
     """
+    numbered, problems = _parse_numbered(path)
+    return [u for _, u in numbered], problems
+
+
+def _parse_numbered(path: str | os.PathLike) -> tuple[list[tuple[int, Utterance]], list[str]]:
     p = Path(path)
     if not p.is_file():
         raise ManifestError(f"{p}: no such manifest file; give the path of a .jsonl manifest")
@@ -91,7 +97,7 @@ def parse_manifest(path: str | os.PathLike) -> tuple[list[Utterance], list[str]]
         raw = p.read_bytes()
     except OSError as e:
         raise ManifestError(f"{p}: cannot read manifest ({e.strerror})") from None
-    utts: list[Utterance] = []
+    utts: list[tuple[int, Utterance]] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
     for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
@@ -119,7 +125,7 @@ def parse_manifest(path: str | os.PathLike) -> tuple[list[Utterance], list[str]]
             problems.append(f"{where}: id {utt.id!r} repeats line {first_line[utt.id]}; ids must be unique")
             continue
         first_line[utt.id] = lineno
-        utts.append(utt)
+        utts.append((lineno, utt))
     return utts, problems
 
 
@@ -250,6 +256,144 @@ def split_by_speaker(
         split = "test_heldout" if u.accent in heldout else assignment[(u.corpus, u.speaker)]
         out.append(dataclasses.replace(u, split=split, extra=dict(u.extra)))
     return out
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate_manifest` found: every problem (``file:line: ...``) and a summary."""
+
+    problems: list[str]
+    utterances: list[Utterance]
+    summary: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def validate_manifest(
+    path: str | os.PathLike,
+    min_sample_rate: int = 16000,
+    max_duration: float | None = 600.0,
+    decode: bool = True,
+    duration_tolerance: float = 0.1,
+    workers: int | None = None,
+    progress: bool = False,
+) -> ValidationReport:
+    """Check every line and every audio file of a manifest; collect all problems.
+
+    Lines: UTF-8, JSON object, required fields and types, unique ids, non-empty text. Audio:
+    exists, readable header, sample rate at least ``min_sample_rate`` (lower rates cannot be
+    restored by resampling), segment inside the file, stated ``duration`` matching the file
+    within ``duration_tolerance`` seconds, duration above zero and at most ``max_duration``;
+    with ``decode`` the samples are read and must be finite.
+    """
+    numbered, problems = _parse_numbered(path)
+    p = Path(path)
+    for lineno, u in numbered:
+        if not u.text.strip():
+            problems.append(f"{p}:{lineno}: {u.id}: empty text; give the transcript or drop the line")
+    durations: dict[str, float] = {}
+
+    def check(item: tuple[int, Utterance]) -> tuple[str, float | None, list[str]]:
+        lineno, u = item
+        dur, errs = _check_audio(u, min_sample_rate, max_duration, decode, duration_tolerance)
+        return u.id, dur, [f"{p}:{lineno}: {u.id}: {e}" for e in errs]
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    audio_problems: dict[str, list[str]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
+        results = pool.map(check, numbered)
+        for uid, dur, errs in tqdm(results, total=len(numbered), desc="validate", unit="utt", disable=not progress):
+            if dur is not None:
+                durations[uid] = dur
+            audio_problems[uid] = errs
+    for _, u in numbered:  # keep problems in line order
+        problems.extend(audio_problems.get(u.id, []))
+    problems.sort(key=_line_key)
+    utts = [u for _, u in numbered]
+    return ValidationReport(problems, utts, summarize(utts, durations))
+
+
+def _line_key(problem: str) -> tuple[int, str]:
+    m = re.match(r".*?:(\d+): ", problem)
+    return (int(m.group(1)) if m else 0, problem)
+
+
+def _check_audio(u: Utterance, min_rate: int, max_duration: float | None, decode: bool,
+                 tol: float) -> tuple[float | None, list[str]]:
+    import numpy as np
+    import soundfile as sf
+
+    a = Path(u.audio)
+    if not a.exists():
+        return None, [f"audio {u.audio} does not exist"]
+    if not a.is_file():
+        return None, [f"audio {u.audio} is not a file"]
+    try:
+        info = sf.info(str(a))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+        return None, [f"audio {u.audio} cannot be decoded here ({msg}); convert it to wav/flac"]
+    errs = []
+    total = info.frames / info.samplerate if info.samplerate else 0.0
+    if info.samplerate < min_rate:
+        errs.append(f"sample rate {info.samplerate} Hz is below {min_rate} Hz")
+    offset = u.offset or 0.0
+    if offset > total:
+        errs.append(f"offset {offset:g} s is past the end of the {total:.2f} s file")
+    if u.duration is not None and u.offset is not None and offset + u.duration > total + tol:
+        errs.append(f"segment {offset:g}+{u.duration:g} s runs past the end of the {total:.2f} s file")
+    if u.duration is not None and u.offset is None and abs(total - u.duration) > tol:
+        errs.append(f"manifest duration {u.duration:g} s but the file lasts {total:.2f} s")
+    dur = u.duration if u.duration is not None else max(0.0, total - offset)
+    if dur <= 0:
+        errs.append("holds no audio (duration 0)")
+    if max_duration is not None and dur > max_duration:
+        errs.append(f"{dur:.1f} s long, over the {max_duration:g} s limit; segment it")
+    if decode and not errs:
+        start = int(round(offset * info.samplerate))
+        stop = None if u.duration is None else start + int(round(u.duration * info.samplerate))
+        try:
+            wav, _ = sf.read(str(a), start=start, stop=stop, dtype="float32", always_2d=True)
+        except Exception as e:
+            return dur, [f"audio {u.audio} fails to decode ({str(e).strip()[:120]}); the file may be corrupt"]
+        if wav.shape[0] == 0:
+            errs.append("decodes to no samples")
+        elif not np.isfinite(wav).all():
+            errs.append("audio holds NaN or infinite samples")
+    return dur, errs
+
+
+def summarize(utts: list[Utterance], durations: dict[str, float] | None = None) -> dict[str, Any]:
+    """Counts and hours overall, per accent and per split (durations from ``durations`` or the utterances)."""
+    durations = durations or {}
+    per_accent: dict[str, dict[str, Any]] = {}
+    per_split: Counter = Counter()
+    total = 0.0
+    spk_by_accent: dict[str, set] = defaultdict(set)
+    for u in utts:
+        d = durations.get(u.id, u.duration) or 0.0
+        total += d
+        a = per_accent.setdefault(u.accent, {"utterances": 0, "hours": 0.0})
+        a["utterances"] += 1
+        a["hours"] += d / 3600
+        spk_by_accent[u.accent].add((u.corpus, u.speaker))
+        per_split[u.split or "none"] += 1
+    for acc, a in per_accent.items():
+        a["speakers"] = len(spk_by_accent[acc])
+        a["hours"] = round(a["hours"], 4)
+    return {
+        "utterances": len(utts),
+        "speakers": len({(u.corpus, u.speaker) for u in utts}),
+        "accents": len(per_accent),
+        "hours": round(total / 3600, 4),
+        "per_accent": dict(sorted(per_accent.items())),
+        "per_split": dict(sorted(per_split.items())),
+    }
 
 
 def _split_counts(n: int, frac: float) -> int:
