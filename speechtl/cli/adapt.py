@@ -1,0 +1,211 @@
+"""speechtl-adapt: adapt a speech model to an accent (features, finetune, LoRA/DoRA/IA3, bottleneck adapters).
+
+Writes into --out: config.yaml (the resolved config), run.json (inputs and what trains),
+metrics.jsonl (training log), checkpoints/ (last and best, for --resume), adapter/ (only the
+trained weights; LoRA also in peft's format) and result.json; prints the final dev WER.
+
+Config keys (see --help-config) come from --config YAML, then key=value arguments, e.g.
+``speechtl-adapt --model whisper-tiny.en --train train.jsonl --dev dev.jsonl --method lora
+--out runs/lora lr=1e-3 lora_r=16 max_steps=500``. Multi-GPU: ``torchrun --nproc-per-node 4
+-m speechtl.cli.adapt ...`` (batch_seconds is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import yaml
+
+from ..config import METHODS, RunConfig, atomic_write_text, describe_keys, load_config
+from ..errors import SpeechtlError
+from ._common import add_common_args, run_cli
+
+# Files a previous run of this tool leaves; --overwrite removes a folder only when it looks like one.
+_RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "adapter", "result.json")
+
+
+class _HelpConfig(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(describe_keys())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speechtl-adapt", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--model", required=True, help="backbone name (speechtl.list_backbones()), model folder or hub id")
+    p.add_argument("--train", required=True, help="training manifest (JSONL); utterances with split train or none")
+    p.add_argument("--dev", help="dev manifest for WER during training (default: the split=dev lines of --train)")
+    p.add_argument("--method", choices=METHODS, help="transfer method (or `method:` in --config; default lora)")
+    p.add_argument("--target-accent", help="train and evaluate only on utterances of this accent")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    p.add_argument("--config", help="YAML config (flat keys, or grouped under adapt/train/data)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's output folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--help-config", action=_HelpConfig, help="list every config key with its default and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=3e-4 lora_r=16")
+    add_common_args(p)
+    return p
+
+
+def _prepare_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool) -> None:
+    if overwrite and resume:
+        raise SpeechtlError("--overwrite and --resume contradict each other; choose one")
+    if resume:
+        if not (out / "checkpoints" / "last.pt").is_file():
+            raise SpeechtlError(f"{out}: no checkpoints/last.pt to resume from; start a new run instead")
+        return
+    if not is_main or not out.exists():
+        return
+    if not out.is_dir():
+        raise SpeechtlError(f"--out {out} is a file; give a folder")
+    if any(out.iterdir()):
+        if not overwrite:
+            raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it or --resume to continue it")
+        if not any((out / name).exists() for name in _RUN_FILES):
+            raise SpeechtlError(f"--out {out} does not look like a speechtl-adapt output; remove it yourself")
+        shutil.rmtree(out)
+
+
+def _select(utts, *, splits: tuple, accent: str | None, where: str):
+    chosen = [u for u in utts if u.split in splits]
+    if accent is not None:
+        accents = sorted({u.accent for u in chosen})
+        chosen = [u for u in chosen if u.accent == accent]
+        if not chosen and accents:
+            raise SpeechtlError(f"{where}: no utterance of accent {accent!r}; accents there: {', '.join(accents)}")
+    return chosen
+
+
+def _check_resume_config(out: Path, cfg: RunConfig) -> None:
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = cfg.to_dict()
+    changed = [f"{section}.{k}" for section in ("adapt", "data") for k, v in now[section].items()
+               if saved.get(section, {}).get(k, v) != v]
+    if changed:
+        raise SpeechtlError(f"{saved_path}: resuming with a different {', '.join(changed)}; "
+                            "give the same config as the interrupted run")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from ..backbones import create_backbone
+    from ..data.loader import AudioDataset, DurationBatchSampler, durations_of
+    from ..data.manifest import read_manifest
+    from ..specaug import SpecAugment
+    from ..tasks import ClassificationTask, asr_dev_fn, classification_dev_fn, task_for
+    from ..train import seed_everything, train
+    from ..transfer import adapt
+
+    fixed = {"method": args.method} if args.method else {}
+    cfg = load_config(args.config, args.overrides, **fixed)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    out = Path(args.out)
+    _prepare_out(out, overwrite=args.overwrite, resume=args.resume, is_main=rank == 0)
+    if args.resume:
+        _check_resume_config(out, cfg)
+
+    # -- data --------------------------------------------------------------------------------------
+    train_all = read_manifest(args.train)
+    train_utts = _select(train_all, splits=(None, "train"), accent=args.target_accent, where=args.train)
+    if args.dev:
+        dev_utts = _select(read_manifest(args.dev), splits=(None, "dev"), accent=args.target_accent, where=args.dev)
+    else:
+        dev_utts = _select(train_all, splits=("dev",), accent=args.target_accent, where=f"{args.train} (split=dev)")
+    if not train_utts:
+        raise SpeechtlError(f"{args.train}: no training utterances (split train or none)")
+    durations = durations_of(train_utts)
+    keep = [i for i, d in enumerate(durations) if d <= cfg.data.max_clip_seconds]
+    if len(keep) < len(train_utts):
+        warnings.warn(f"{len(train_utts) - len(keep)} training clips are longer than max_clip_seconds="
+                      f"{cfg.data.max_clip_seconds:g} and are left out", stacklevel=1)
+        train_utts, durations = [train_utts[i] for i in keep], [durations[i] for i in keep]
+        if not train_utts:
+            raise SpeechtlError("every training clip is longer than max_clip_seconds; raise it")
+
+    # -- model -------------------------------------------------------------------------------------
+    seed_everything(cfg.train.seed)
+    backbone = create_backbone(args.model)
+    if hasattr(backbone, "short_clips"):
+        backbone.short_clips = cfg.data.short_clips
+    model = adapt(backbone, **dataclasses.asdict(cfg.adapt))
+    if rank == 0:
+        print(model.summary(), file=sys.stderr)
+    d = cfg.data
+    specaug = (SpecAugment(d.specaug_freq_masks, d.specaug_freq_width, d.specaug_time_masks, d.specaug_time_width)
+               if d.specaug else None)
+    task = task_for(model, specaug=specaug)
+    train_cfg = cfg.train
+    if isinstance(task, ClassificationTask) and train_cfg.metric == "wer":
+        train_cfg = dataclasses.replace(train_cfg, metric="error")
+
+    rate = backbone.sample_rate
+    sampler = DurationBatchSampler(durations, d.batch_seconds, shuffle=True, seed=cfg.train.seed,
+                                   num_replicas=world, rank=rank)
+    loader = DataLoader(AudioDataset(train_utts, rate, seed=cfg.train.seed), batch_sampler=sampler,
+                        collate_fn=task.collate, num_workers=d.num_workers)
+    dev_fn = None
+    if dev_utts:
+        dev_loader = DataLoader(AudioDataset(dev_utts, rate),
+                                batch_sampler=DurationBatchSampler(durations_of(dev_utts), d.batch_seconds,
+                                                                   shuffle=False),
+                                collate_fn=task.collate, num_workers=d.num_workers)
+        dev_fn = (classification_dev_fn(task, dev_loader) if isinstance(task, ClassificationTask)
+                  else asr_dev_fn(task, dev_loader, normalizer=d.normalizer, beam_size=d.beam_size))
+    elif rank == 0:
+        print("no dev utterances: training without evaluation (the last weights are kept)", file=sys.stderr)
+
+    if rank == 0 and not args.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+        run_info = {
+            "model": args.model, "train": args.train, "dev": args.dev, "target_accent": args.target_accent,
+            "train_utterances": len(train_utts), "train_hours": round(sum(durations) / 3600, 4),
+            "dev_utterances": len(dev_utts), "world_size": world, "summary": model.summary(),
+            "trainable_parameters": model.num_trainable(), "total_parameters": model.num_parameters(),
+        }
+        atomic_write_text(out / "run.json", json.dumps(run_info, indent=2) + "\n")
+
+    # -- train ---------------------------------------------------------------------------------------
+    result = train(model, task, loader, dev_fn=dev_fn, config=train_cfg, out_dir=out, resume=args.resume)
+    if rank != 0:
+        return 0
+    meta = {"target_accent": args.target_accent, "train_manifest": args.train, "steps": result.steps,
+            "dev_" + train_cfg.metric: result.best_metric}
+    model.save_adapter(out / "adapter", **meta)
+    summary = {"steps": result.steps, "epoch": result.epoch, "stopped_early": result.stopped_early,
+               "best_step": result.best_step, "metric": train_cfg.metric, "best_metric": result.best_metric,
+               "last_eval": result.last_eval, "adapter": str(out / "adapter")}
+    atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
+    if result.best_metric is None:
+        print(f"trained {result.steps} steps; adapter in {out / 'adapter'} (no dev set, no WER)")
+    elif train_cfg.metric in ("wer", "cer", "error"):
+        print(f"final dev {train_cfg.metric.upper()}: {100 * result.best_metric:.2f}% "
+              f"(best at step {result.best_step} of {result.steps}); adapter in {out / 'adapter'}")
+    else:
+        print(f"final dev {train_cfg.metric}: {result.best_metric:.4g} (best at step {result.best_step}); "
+              f"adapter in {out / 'adapter'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Tasks: what turns a batch into a loss (and into predictions for the dev metric).
+
+The training loop (:mod:`speechtl.train`) knows nothing about speech: it calls
+``task.loss(model, batch)``. A task knows its data: ``collate(items) -> batch`` builds the batch
+from dataset items (dicts such as ``{"id", "audio", "text", "accent", "speaker"}``) and
+``predict(model, batch)`` gives what the dev metric compares.
+
+- :class:`CTCASRTask`: CTC speech recognition through a new CTC head or the backbone's own
+  (wav2vec2 family ``lm_head``).
+- :class:`Seq2SeqASRTask`: Whisper-style teacher-forced cross-entropy; decoding for the dev WER.
+- :class:`ClassificationTask`: one label per utterance (accent, speaker, ...), cross-entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import SpeechtlError
+from .specaug import SpecAugment, specaug_applied
+
+Batch = dict[str, Any]
+
+
+class Task(Protocol):
+    """``collate`` dataset items into a batch; ``loss(model, batch)`` is a scalar tensor."""
+
+    def collate(self, items: list[dict[str, Any]]) -> Batch: ...
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+
+class _SpeechTask:
+    """Shared by the speech tasks: prepare audio with the backbone, optional SpecAugment."""
+
+    def __init__(self, model: nn.Module, *, specaug: SpecAugment | None = None):
+        self.prepare = model.prepare
+        self.specaug = specaug
+
+    def collate(self, items: list[dict[str, Any]]) -> Batch:
+        """Items with ``audio`` ``(samples,)`` (and ``text``/labels) to ``{"inputs", "lengths", "texts", "ids", ...}``."""
+        inputs, lengths = self.prepare([it["audio"] for it in items])
+        return {
+            "inputs": inputs,
+            "lengths": lengths,
+            "texts": [it.get("text", "") for it in items],
+            "ids": [it.get("id", str(i)) for i, it in enumerate(items)],
+        }
+
+    def _augment(self, model: nn.Module):
+        backbone = getattr(model, "backbone", model)
+        return specaug_applied(backbone, self.specaug, enabled=model.training)
+
+
+class CTCASRTask(_SpeechTask):
+    """CTC speech recognition; ``model`` is an :class:`~speechtl.transfer.AdaptedModel`."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        with self._augment(model):
+            return model.asr_loss(batch["inputs"], batch["lengths"], batch["texts"])
+
+    def predict(self, model: nn.Module, batch: Batch, *, beam_size: int = 1) -> list[str]:
+        return model.generate(batch["inputs"], batch["lengths"], beam_size=beam_size)
+
+
+class Seq2SeqASRTask(CTCASRTask):
+    """Sequence-to-sequence speech recognition (Whisper): the backbone's teacher-forced loss."""
+
+
+class ClassificationTask(_SpeechTask):
+    """Utterance classification on the item field ``label_key`` (``accent`` by default).
+
+    ``labels`` are the classes in the classifier head's output order.
+    """
+
+    def __init__(self, model: nn.Module, labels: Sequence[str], *, label_key: str = "accent",
+                 specaug: SpecAugment | None = None):
+        super().__init__(model, specaug=specaug)
+        self.labels = list(labels)
+        self.index = {label: i for i, label in enumerate(self.labels)}
+        self.label_key = label_key
+
+    def collate(self, items: list[dict[str, Any]]) -> Batch:
+        batch = super().collate(items)
+        try:
+            batch["labels"] = torch.tensor([self.index[it[self.label_key]] for it in items])
+        except KeyError as e:
+            raise SpeechtlError(f"{self.label_key} {e.args[0]!r} is not one of the classes {self.labels}") from None
+        return batch
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        with self._augment(model):
+            logits = model.classify(batch["inputs"], batch["lengths"])
+        return F.cross_entropy(logits.float(), batch["labels"])
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: Batch, **_: Any) -> list[str]:
+        logits = model.classify(batch["inputs"], batch["lengths"])
+        return [self.labels[i] for i in logits.argmax(-1).tolist()]
+
+
+def task_for(model: nn.Module, *, specaug: SpecAugment | None = None, label_key: str = "accent") -> Task:
+    """The task matching an adapted model's head: classifier, new CTC head, or the backbone's own ASR."""
+    from .transfer import ClassifierHead, CTCHead
+
+    head = getattr(model, "head", None)
+    if isinstance(head, ClassifierHead):
+        return ClassificationTask(model, head.labels, label_key=label_key, specaug=specaug)
+    if isinstance(head, CTCHead) or model.backbone.task == "ctc":
+        return CTCASRTask(model, specaug=specaug)
+    if model.backbone.task == "seq2seq":
+        return Seq2SeqASRTask(model, specaug=specaug)
+    raise SpeechtlError(f"no task fits {model.name} ({model.backbone.task}) without a head; adapt with head=ctc")
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def asr_dev_fn(
+    task: CTCASRTask, loader: Iterable[Batch], *, normalizer: str = "whisper", beam_size: int = 1
+) -> Callable[[nn.Module], dict[str, float]]:
+    """A ``dev_fn`` for :func:`speechtl.train.train`: decode ``loader`` and return ``{"wer", "cer", "utterances"}``."""
+    from .wer import cer, wer
+
+    def dev_fn(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        refs: list[str] = []
+        hyps: list[str] = []
+        for batch in loader:
+            hyps += task.predict(model, _to(batch, device), beam_size=beam_size)
+            refs += batch["texts"]
+        return {"wer": wer(refs, hyps, normalizer), "cer": cer(refs, hyps, normalizer), "utterances": len(refs)}
+
+    return dev_fn
+
+
+def classification_dev_fn(task: ClassificationTask, loader: Iterable[Batch]) -> Callable[[nn.Module], dict[str, float]]:
+    """A ``dev_fn`` returning ``{"accuracy", "error", "utterances"}`` (``error`` = 1 - accuracy, to minimise)."""
+
+    def dev_fn(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        right = total = 0
+        for batch in loader:
+            pred = task.predict(model, _to(batch, device))
+            gold = [task.labels[i] for i in batch["labels"].tolist()]
+            right += sum(p == g for p, g in zip(pred, gold))
+            total += len(gold)
+        acc = right / max(total, 1)
+        return {"accuracy": acc, "error": 1.0 - acc, "utterances": total}
+
+    return dev_fn

@@ -1,0 +1,533 @@
+"""Transfer learning modes behind one call: ``adapt(backbone, method=..., **config) -> AdaptedModel``.
+
+Methods (keyword arguments are the fields of :class:`speechtl.config.AdaptConfig`):
+
+- ``features``: the backbone is frozen; a new head (CTC or classifier) reads its last layer,
+  or a learned softmax-weighted sum of all layers (``weighted_layers=True``, as in SUPERB).
+- ``finetune``: the backbone trains, all of it or only the top ``top_n_layers`` layers (plus
+  its head group, e.g. Whisper's decoder); the wav2vec2-family frontend stays frozen by
+  default; ``layer_decay`` gives the group ``depth`` steps below the top ``lr * decay**depth``.
+- ``lora``, ``dora``, ``ia3``: peft adapters on the backbone's linear layers, placed by name
+  suffix, regex and layer range (:mod:`speechtl.adapters.lora`).
+- ``bottleneck``: zero-initialised Houlsby/Pfeiffer residual adapters after the attention and/or
+  feed-forward outputs (:mod:`speechtl.adapters.bottleneck`).
+
+An :class:`AdaptedModel` keeps several named adapters (``add_adapter``, ``set_adapter``,
+``adapters_disabled``, ``merge_adapter``, ``average_adapters``), reports what trains, gives the
+optimizer its parameter groups, and saves/loads only what was trained (:mod:`speechtl.adapters.io`).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .adapters.bottleneck import BottleneckAdapters, default_targets
+from .adapters.inject import AdapterSet, InjectionReport, count_parameters, find_targets
+from .adapters.lora import IA3_TARGETS, PEFT_METHODS, PeftAdapters, make_peft_config
+from .backbones.base import EncoderOutput
+from .config import AdaptConfig, make
+from .errors import SpeechtlError
+
+ADAPTER_METHODS = (*PEFT_METHODS, "bottleneck")
+
+# --------------------------------------------------------------------------------------------
+# Heads
+
+
+class CharVocab:
+    """Characters for a new CTC head: blank (id 0), space, apostrophe, a-z.
+
+    ``encode`` lower-cases and drops characters outside the vocabulary (punctuation, digits).
+    """
+
+    BLANK = "<blank>"
+
+    def __init__(self, symbols: Sequence[str] | None = None):
+        self.symbols = list(symbols) if symbols is not None else [self.BLANK, " ", "'", *string.ascii_lowercase]
+        if self.symbols[0] != self.BLANK:
+            raise SpeechtlError(f"a CTC vocabulary must start with {self.BLANK!r}")
+        self.index = {s: i for i, s in enumerate(self.symbols)}
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def encode(self, text: str) -> list[int]:
+        text = re.sub(r"\s+", " ", text.lower()).strip()
+        return [self.index[c] for c in text if c in self.index and c != self.BLANK]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return re.sub(r"\s+", " ", "".join(self.symbols[i] for i in ids if i != 0)).strip()
+
+
+class LayerMix(nn.Module):
+    """Softmax-weighted sum of a backbone's hidden states (SUPERB's featurizer).
+
+    ``forward(states)``: ``num_states`` tensors ``(batch, frames, hidden)`` -> ``(batch, frames, hidden)``.
+    The weights start equal.
+    """
+
+    def __init__(self, num_states: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_states))
+
+    def forward(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(states) != self.weights.numel():
+            raise ValueError(f"expected {self.weights.numel()} hidden states, got {len(states)}")
+        w = torch.softmax(self.weights.float(), dim=0)
+        return sum(wi * s.float() for wi, s in zip(w, states))
+
+    def layer_weights(self) -> list[float]:
+        return torch.softmax(self.weights.detach().float(), 0).tolist()
+
+
+class CTCHead(nn.Module):
+    """A new CTC head on encoder states: optional layer mix, dropout, optional BiLSTM, linear to characters.
+
+    ``forward(enc)`` -> logits ``(batch, frames, len(vocab))`` and frame counts ``(batch,)``.
+    """
+
+    def __init__(self, hidden_size: int, num_states: int, *, weighted_layers: bool = False, lstm_layers: int = 0,
+                 lstm_hidden: int = 256, dropout: float = 0.1, vocab: CharVocab | None = None):
+        super().__init__()
+        self.vocab = vocab or CharVocab()
+        self.mix = LayerMix(num_states) if weighted_layers else None
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = (nn.LSTM(hidden_size, lstm_hidden, num_layers=lstm_layers, batch_first=True, bidirectional=True)
+                     if lstm_layers > 0 else None)
+        self.out = nn.Linear(2 * lstm_hidden if self.lstm is not None else hidden_size, len(self.vocab))
+
+    def forward(self, enc: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.mix(enc.hidden_states) if self.mix is not None else enc.last_hidden_state
+        x = self.dropout(x.to(self.out.weight.dtype))
+        if self.lstm is not None:
+            frames = x.shape[1]
+            packed = pack_padded_sequence(x, enc.lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+            x, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=frames)
+        return self.out(x), enc.lengths
+
+    def loss(self, enc: EncoderOutput, texts: Sequence[str]) -> torch.Tensor:
+        """CTC loss, averaged over target lengths then batch."""
+        logits, frames = self(enc)
+        targets = [torch.tensor(self.vocab.encode(t), dtype=torch.long) for t in texts]
+        target_lengths = torch.tensor([len(t) for t in targets])
+        if (target_lengths == 0).any():
+            raise ValueError("a transcript has no characters in the CTC head's vocabulary")
+        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+        return F.ctc_loss(log_probs, torch.cat(targets).to(logits.device), frames, target_lengths.to(logits.device),
+                          blank=0, reduction="mean", zero_infinity=True)
+
+    @torch.no_grad()
+    def decode(self, enc: EncoderOutput) -> list[str]:
+        """Greedy CTC: best symbol per frame, repeats collapsed, blanks dropped."""
+        logits, frames = self(enc)
+        out = []
+        for ids, n in zip(logits.argmax(-1).cpu(), frames.cpu()):
+            out.append(self.vocab.decode(torch.unique_consecutive(ids[: int(n)]).tolist()))
+        return out
+
+
+class ClassifierHead(nn.Module):
+    """Utterance classifier: optional layer mix, projection, mean over valid frames, linear to classes.
+
+    ``forward(enc)`` -> logits ``(batch, len(labels))``.
+    """
+
+    def __init__(self, hidden_size: int, num_states: int, labels: Sequence[str], *, weighted_layers: bool = False,
+                 hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise SpeechtlError(f"a classifier needs at least two distinct labels, got {list(labels)}")
+        self.labels = list(labels)
+        self.mix = LayerMix(num_states) if weighted_layers else None
+        self.proj = nn.Linear(hidden_size, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, len(self.labels))
+
+    def forward(self, enc: EncoderOutput) -> torch.Tensor:
+        x = self.mix(enc.hidden_states) if self.mix is not None else enc.last_hidden_state
+        x = self.proj(x.to(self.proj.weight.dtype))
+        valid = enc.padding_mask().to(x.dtype)[..., None]
+        pooled = (x * valid).sum(1) / valid.sum(1).clamp(min=1)
+        return self.out(self.dropout(pooled))
+
+
+# --------------------------------------------------------------------------------------------
+# The adapted model
+
+
+class AdaptedModel(nn.Module):
+    """A backbone with its transfer method applied: what trains, heads, and named adapters.
+
+    It offers the backbone's surface (``name``, ``modality``, ``sample_rate``, ``prepare``,
+    ``encode``, ``generate``) so it can stand in for the backbone when transcribing.
+    Build it with :func:`adapt` (or :func:`speechtl.adapters.io.load_adapter`).
+    """
+
+    def __init__(self, backbone: nn.Module, config: AdaptConfig, *, head: nn.Module | None,
+                 adapters: AdapterSet | None, base_checksum: str):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+        self.adapters = adapters
+        self.base_checksum = base_checksum
+        self.merged = False
+        self._configure_trainable()
+
+    # -- the backbone's surface ---------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def name(self) -> str:
+        return self.backbone.name
+
+    @property
+    def modality(self) -> str:
+        return self.backbone.modality
+
+    @property
+    def sample_rate(self) -> int | None:
+        return self.backbone.sample_rate
+
+    def prepare(self, items: list[Any], **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backbone.prepare(items, **kwargs)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """Encoder states; without graph when nothing in the backbone trains (saves the activations)."""
+        if self.backbone_frozen:
+            with torch.no_grad():
+                return self.backbone.encode(inputs, lengths)
+        return self.backbone.encode(inputs, lengths)
+
+    def asr_loss(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Speech recognition loss: the new CTC head's, or the backbone's own (CTC or seq2seq)."""
+        if isinstance(self.head, CTCHead):
+            return self.head.loss(self.encode(inputs, lengths), texts)
+        if self.head is not None:
+            raise SpeechtlError("this model has a classifier head; use a classification task, not ASR")
+        return self.backbone.loss(inputs, lengths, list(texts))
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor, lengths: torch.Tensor, *, beam_size: int = 1, **kwargs: Any) -> list[str]:
+        """Transcripts: greedy CTC with a new CTC head, else the backbone's own decoding."""
+        if isinstance(self.head, CTCHead):
+            return self.head.decode(self.backbone.encode(inputs, lengths))
+        if self.head is not None:
+            raise SpeechtlError("this model has a classifier head and does not transcribe")
+        return self.backbone.generate(inputs, lengths, beam_size=beam_size, **kwargs)
+
+    def classify(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(batch, len(labels))``."""
+        if not isinstance(self.head, ClassifierHead):
+            raise SpeechtlError("this model has no classifier head; adapt it with labels=[...]")
+        return self.head(self.encode(inputs, lengths))
+
+    def train(self, mode: bool = True) -> AdaptedModel:
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            # A frozen backbone is a fixed feature extractor: no dropout, LayerDrop or model-internal masking.
+            self.backbone.eval()
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the backbone's layer activations in backward (less memory, ~30% more compute)."""
+        model = self.backbone.model
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise SpeechtlError(f"{self.name} does not support gradient checkpointing")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # -- what trains ----------------------------------------------------------------------------
+    def _finetune_groups(self) -> set[str]:
+        cfg = self.config
+        groups = [g for g, _ in self.backbone.layer_groups()]
+        n = self.backbone.num_layers
+        freeze_frontend = cfg.freeze_frontend if cfg.freeze_frontend is not None else self.backbone.task == "ctc"
+        if cfg.top_n_layers is None:
+            return {g for g in groups if not (g == "frontend" and freeze_frontend)}
+        if not 0 <= cfg.top_n_layers <= n:
+            raise SpeechtlError(f"top_n_layers={cfg.top_n_layers}: {self.name} has {n} layers")
+        return {"head"} | {f"layer.{i}" for i in range(n - cfg.top_n_layers, n)}
+
+    def _configure_trainable(self) -> None:
+        self.backbone.requires_grad_(False)
+        if self.method == "finetune":
+            wanted = self._finetune_groups()
+            params = dict(self.backbone.named_parameters())
+            for group, names in self.backbone.layer_groups():
+                if group in wanted:
+                    for n in names:
+                        params[n].requires_grad_(True)
+        elif self.adapters is not None:
+            inner = self.backbone.model
+            for n in self.adapters.trainable_names():
+                inner.get_parameter(n).requires_grad_(True)
+            if self.adapters.kind == "bottleneck":
+                for n in self._extra_trainable_modules():
+                    inner.get_submodule(n).requires_grad_(True)
+        if self.head is not None:
+            self.head.requires_grad_(True)
+        if self.adapters is not None:
+            self.adapters.report.trainable = self.num_trainable()
+            self.adapters.report.total = self.num_parameters()
+
+    def _extra_trainable_modules(self) -> list[str]:
+        if not self.config.modules_to_save:
+            return []
+        return find_targets(self.backbone.model, suffixes=self.config.modules_to_save, types=(nn.Module,),
+                            what="modules_to_save")
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def num_trainable(self) -> int:
+        return count_parameters(self, trainable_only=True)
+
+    def num_parameters(self) -> int:
+        """All parameters (base, head and every adapter)."""
+        return count_parameters(self)
+
+    def summary(self) -> str:
+        """One line: method, what was replaced, trainable / total parameters."""
+        total, trainable = self.num_parameters(), self.num_trainable()
+        parts = [f"{self.name} + {self.method}"]
+        if self.adapters is not None:
+            rep = self.adapters.report
+            parts.append(f"{len(rep.replaced)} modules adapted ({', '.join(rep.replaced[:3])}"
+                         f"{', …' if len(rep.replaced) > 3 else ''}); adapters {self.adapters.names}, "
+                         f"active {self.adapters.active!r}")
+        if self.head is not None:
+            parts.append(f"new {type(self.head).__name__} ({count_parameters(self.head):,} params)")
+        parts.append(f"{trainable:,} of {total:,} parameters train ({100.0 * trainable / max(total, 1):.3f}%)")
+        return "; ".join(parts)
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """AdamW parameter groups of the trainable parameters, with layer-wise learning rates.
+
+        Groups follow ``backbone.layer_groups()`` (frontend, layer.0 …, head); a group at depth
+        ``d`` (head 0, top layer 1, …, frontend N+1) gets ``lr * layer_decay ** d``; new heads
+        get ``lr``. Biases, norms and other 1-D parameters get no weight decay.
+        """
+        groups = self.backbone.layer_groups()
+        where: dict[str, tuple[str, int]] = {}
+        for k, (gname, names) in enumerate(groups):
+            for n in names:
+                where["backbone." + n] = (gname, len(groups) - 1 - k)
+        buckets: dict[tuple[str, bool], dict[str, Any]] = {}
+        for n, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            gname, depth = where.get(n, ("new_head", 0))
+            decay = p.ndim >= 2
+            key = (gname, decay)
+            if key not in buckets:
+                buckets[key] = {
+                    "name": gname if decay else f"{gname}.no_decay",
+                    "params": [],
+                    "param_names": [],
+                    "lr": lr * self.config.layer_decay**depth,
+                    "weight_decay": weight_decay if decay else 0.0,
+                }
+            buckets[key]["params"].append(p)
+            buckets[key]["param_names"].append(n)
+        return list(buckets.values())
+
+    # -- named adapters ---------------------------------------------------------------------------
+    def _need_adapters(self) -> AdapterSet:
+        if self.merged:
+            raise SpeechtlError("the adapter was merged into the base weights; there are no adapters left")
+        if self.adapters is None:
+            raise SpeechtlError(f"method {self.method!r} has no adapters; use one of {', '.join(ADAPTER_METHODS)}")
+        return self.adapters
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.adapters.names) if self.adapters is not None else []
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.adapters.active if self.adapters is not None else None
+
+    def add_adapter(self, name: str) -> None:
+        """Add a fresh adapter like the first (same targets and shape) and make it the active, training one."""
+        self._need_adapters().add(name)
+        self._configure_trainable()
+
+    def set_adapter(self, name: str) -> None:
+        self._need_adapters().set_active(name)
+        self._configure_trainable()
+
+    def delete_adapter(self, name: str) -> None:
+        self._need_adapters().delete(name)
+        self._configure_trainable()
+
+    def disable_adapters(self) -> None:
+        self._need_adapters().disable()
+
+    def enable_adapters(self) -> None:
+        self._need_adapters().enable()
+
+    @contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """Run as the base model inside this block."""
+        self.disable_adapters()
+        try:
+            yield
+        finally:
+            self.enable_adapters()
+
+    def merge_adapter(self) -> None:
+        """Fold the active LoRA/DoRA/IA3 adapter into the base weights (for export); other adapters are dropped.
+
+        Afterwards ``backbone.model`` is a plain transformers model (``save_pretrained`` writes it).
+        """
+        self._need_adapters().merge()
+        self.adapters = None
+        self.merged = True
+        self._configure_trainable()
+
+    def average_adapters(self, names: Sequence[str], weights: Sequence[float] | None = None, new_name: str = "average") -> None:
+        """Add adapter ``new_name`` whose weights are the weighted mean of the ``names`` adapters' weights.
+
+        Each weight tensor is averaged on its own (for LoRA that averages A and B separately, which
+        is not the average of the products B·A). ``weights`` are normalised to sum to one.
+        """
+        adapters = self._need_adapters()
+        names = list(names)
+        if not names:
+            raise SpeechtlError("average_adapters needs at least one adapter name")
+        weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(names) or sum(weights) <= 0 or any(w < 0 for w in weights):
+            raise SpeechtlError("average_adapters: give one non-negative weight per adapter, not all zero")
+        states = [adapters.state(n) for n in names]
+        for n, s in zip(names[1:], states[1:]):
+            if s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s):
+                raise SpeechtlError(f"adapters {names[0]!r} and {n!r} differ in shape and cannot be averaged")
+        total = sum(weights)
+        mean = {k: sum((w / total) * s[k].float() for w, s in zip(weights, states)).to(states[0][k].dtype)
+                for k in states[0]}
+        active = adapters.active
+        adapters.add(new_name)
+        adapters.load_state(new_name, mean)
+        adapters.set_active(active if active is not None else new_name)
+        self._configure_trainable()
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save_adapter(self, directory, **meta: Any):
+        """Write only what was trained (see :func:`speechtl.adapters.io.save_adapter`)."""
+        from .adapters.io import save_adapter
+
+        return save_adapter(self, directory, **meta)
+
+
+# --------------------------------------------------------------------------------------------
+# adapt()
+
+
+def _default_targets(backbone: nn.Module, method: str) -> tuple[str, ...]:
+    if method in ("lora", "dora"):
+        return tuple(backbone.default_adapter_targets)
+    if method == "ia3":
+        return IA3_TARGETS
+    raise AssertionError(method)
+
+
+def _build_head(backbone: nn.Module, cfg: AdaptConfig) -> nn.Module | None:
+    kind = cfg.head
+    if kind == "auto":
+        if cfg.labels:
+            kind = "classifier"
+        elif cfg.method == "features" or backbone.task == "encoder":
+            kind = "ctc"
+        else:
+            kind = "backbone"
+    if kind == "backbone":
+        if cfg.method == "features":
+            raise SpeechtlError("method 'features' trains a new head on a frozen backbone: use head=ctc or "
+                                "head=classifier (with labels)")
+        if backbone.task == "encoder":
+            raise SpeechtlError(f"{backbone.name} has no head of its own: use head=ctc or head=classifier")
+        return None
+    num_states = backbone.num_layers + 1
+    if kind == "ctc":
+        if cfg.head_layers < 0:
+            raise SpeechtlError(f"head_layers must be >= 0, got {cfg.head_layers}")
+        return CTCHead(backbone.hidden_size, num_states, weighted_layers=cfg.weighted_layers,
+                       lstm_layers=cfg.head_layers, lstm_hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+    if kind == "classifier":
+        if not cfg.labels:
+            raise SpeechtlError("head=classifier needs labels=[...] (the class names, in output order)")
+        return ClassifierHead(backbone.hidden_size, num_states, cfg.labels, weighted_layers=cfg.weighted_layers,
+                              hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+    raise AssertionError(kind)
+
+
+def _inject(backbone: nn.Module, cfg: AdaptConfig) -> AdapterSet | None:
+    if cfg.method not in ADAPTER_METHODS:
+        stray = [k for k in ("target_modules", "target_regex", "target_layers", "modules_to_save") if getattr(cfg, k)]
+        if stray:
+            raise SpeechtlError(f"{', '.join(stray)} only apply to adapter methods ({', '.join(ADAPTER_METHODS)}), "
+                                f"not {cfg.method!r}")
+        return None
+    if cfg.top_n_layers is not None:
+        raise SpeechtlError(f"top_n_layers applies to method 'finetune', not {cfg.method!r}; use target_layers")
+    if cfg.method == "bottleneck":
+        suffixes = cfg.target_modules or (() if cfg.target_regex else default_targets(cfg.bottleneck_style))
+    else:
+        suffixes = cfg.target_modules or (() if cfg.target_regex else _default_targets(backbone, cfg.method))
+    model = backbone.model
+    targets = find_targets(model, suffixes=suffixes, regex=cfg.target_regex, layers=cfg.target_layers,
+                           what=f"{cfg.method} on {backbone.name}")
+    if cfg.method == "bottleneck":
+        dim = cfg.bottleneck_dim or max(1, backbone.hidden_size // max(cfg.bottleneck_reduction, 1))
+        return BottleneckAdapters(model, targets, cfg.adapter_name, dim=dim, activation=cfg.bottleneck_activation)
+    peft_cfg = make_peft_config(cfg.method, targets, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                modules_to_save=cfg.modules_to_save, base_model_name=backbone.name)
+    try:
+        return PeftAdapters(model, peft_cfg, cfg.adapter_name, cfg.method)
+    except ValueError as e:  # peft's own checks (e.g. modules_to_save not found)
+        raise SpeechtlError(f"{cfg.method} on {backbone.name}: {e}") from None
+
+
+def adapt(backbone: nn.Module, method: str = "lora", **config: Any) -> AdaptedModel:
+    """Apply a transfer method to ``backbone`` (modified in place) and return the :class:`AdaptedModel`.
+
+    Args:
+        backbone: a backbone from :func:`speechtl.create_backbone` (not yet adapted).
+        method: ``features``, ``finetune``, ``lora``, ``dora``, ``ia3`` or ``bottleneck``.
+        **config: fields of :class:`speechtl.config.AdaptConfig` (``lora_r=16``,
+            ``target_layers="6-11"``, ``weighted_layers=True``, ...); unknown keys are errors.
+    """
+    from .adapters.io import weights_checksum
+
+    cfg = make(AdaptConfig, {"method": method, **config}, where="adapt()")
+    if getattr(backbone, "_speechtl_adapted", None):
+        raise SpeechtlError(f"{backbone.name} was already adapted ({backbone._speechtl_adapted}); "
+                            "create a fresh backbone for another adaptation")
+    checksum = weights_checksum(backbone)
+    head = _build_head(backbone, cfg)
+    adapters = _inject(backbone, cfg)
+    ref = next(backbone.parameters())
+    if head is not None:
+        head.to(device=ref.device)
+    backbone._speechtl_adapted = cfg.method
+    return AdaptedModel(backbone, cfg, head=head, adapters=adapters, base_checksum=checksum)
+
+
+def injection_report(model: AdaptedModel) -> InjectionReport | None:
+    """What the injection replaced and how many parameters train (None for features/finetune)."""
+    return model.adapters.report if model.adapters is not None else None
