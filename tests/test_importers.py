@@ -208,8 +208,9 @@ def test_cmu_arctic(tmp_path):
     root = tmp_path / "ARCTIC"
     for spk in ("awb", "zzz"):
         sd = root / f"cmu_us_{spk}_arctic"
-        write(sd / "etc" / "txt.done.data", '( arctic_a0001 "Author of the danger trail, Philip Steels, etc." )\n'
-                                            '( arctic_a0002 "Not at this particular case, Tom, apologized Whittemore." )\n')
+        write(sd / "etc" / "txt.done.data",
+              '( arctic_a0001 "Author of the danger trail, Philip Steels, etc." )\n'
+              '( arctic_a0002 "Not at this particular case, Tom, apologized Whittemore." )\n')
         tone(sd / "wav" / "arctic_a0001.wav", 0.3)
         tone(sd / "wav" / "arctic_a0002.wav", 0.3)
     with pytest.warns(UserWarning, match="'zzz' has no known accent"):

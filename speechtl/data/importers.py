@@ -196,7 +196,9 @@ def import_kaldi(
             try:
                 rec, start, end = f[0], float(f[1]), float(f[2])
             except (IndexError, ValueError):
-                raise CorpusImportError(f"{d / 'segments'}:{lineno}: expected '<utt> <recording> <start> <end>'") from None
+                raise CorpusImportError(
+                    f"{d / 'segments'}:{lineno}: expected '<utt> <recording> <start> <end>'"
+                ) from None
             if rec not in recordings:
                 raise CorpusImportError(f"{d / 'segments'}:{lineno}: recording {rec!r} is not in wav.scp")
             segments[utt] = (rec, start, None if end < 0 else end - start)
@@ -291,7 +293,9 @@ def import_edacc(src: str | os.PathLike, *, subsets: Iterable[str] = ("dev", "te
             try:
                 conv, start, end = f[0], float(f[1]), float(f[2])
             except (IndexError, ValueError):
-                raise CorpusImportError(f"{seg_path}:{segs[utt][1]}: expected '<utt> <conversation> <start> <end>'") from None
+                raise CorpusImportError(
+                    f"{seg_path}:{segs[utt][1]}: expected '<utt> <conversation> <start> <end>'"
+                ) from None
             spk = utt2spk.get(utt, (None, 0))[0]
             if spk is None:
                 raise CorpusImportError(f"{sd / 'text'}:{lineno}: turn {utt!r} has no speaker in utt2spk")
@@ -405,7 +409,9 @@ def import_l2arctic(src: str | os.PathLike, *, durations: bool = True) -> list[U
     root = _require_dir(src, "L2-ARCTIC")
     found = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name.upper() in L2ARCTIC_SPEAKERS]
     if not found:
-        raise CorpusImportError(f"{root}: no L2-ARCTIC speaker folders (ABA, BWC, ...); give the folder that holds them")
+        raise CorpusImportError(
+            f"{root}: no L2-ARCTIC speaker folders (ABA, BWC, ...); give the folder that holds them"
+        )
     utts = []
     for spk_dir in found:
         spk = spk_dir.name.upper()
@@ -648,7 +654,9 @@ def _hf_audio(value: Any, uid: str, audio_dir: str | os.PathLike | None, where: 
         try:
             wav, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except Exception as e:
-            raise CorpusImportError(f"{where}: embedded audio cannot be decoded by soundfile ({str(e)[:120]})") from None
+            raise CorpusImportError(
+                f"{where}: embedded audio cannot be decoded by soundfile ({str(e)[:120]})"
+            ) from None
         out = Path(audio_dir) / f"{re.sub(r'[^A-Za-z0-9._-]', '_', uid)}.flac"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp.flac")

@@ -78,7 +78,7 @@ class AudioDataset:
                 factor = float(self.speed_perturb[rng.integers(len(self.speed_perturb))])
                 if factor != 1.0:
                     # Read as if recorded at rate*factor, then bring back to rate: 1/factor as long.
-                    wav = resample(wav, int(round(self.sample_rate * factor)), self.sample_rate)
+                    wav = resample(wav, round(self.sample_rate * factor), self.sample_rate)
             if self.noise_snr:
                 from .synth import mix_at_snr
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import re
@@ -355,8 +356,8 @@ def _check_audio(u: Utterance, min_rate: int, max_duration: float | None, decode
     if max_duration is not None and dur > max_duration:
         errs.append(f"{dur:.1f} s long, over the {max_duration:g} s limit; segment it")
     if decode and not errs:
-        start = int(round(offset * info.samplerate))
-        stop = None if u.duration is None else start + int(round(u.duration * info.samplerate))
+        start = round(offset * info.samplerate)
+        stop = None if u.duration is None else start + round(u.duration * info.samplerate)
         try:
             wav, _ = sf.read(str(a), start=start, stop=stop, dtype="float32", always_2d=True)
         except Exception as e:
@@ -422,7 +423,7 @@ def _utterance_from_dict(obj: dict, base: Path) -> tuple[Utterance | None, list[
                 errs.append(f"{key!r} must be a string, got {type(obj[key]).__name__}")
     for key in _OPTIONAL_NUM:
         v = obj.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v)):
             errs.append(f"{key!r} must be a non-negative number of seconds, got {v!r}")
     split = obj.get("split")
     if isinstance(split, str) and split not in SPLITS:

@@ -52,7 +52,7 @@ MBROLA_DIR = Path("/usr/share/mbrola")
 RHVOICE_DIR = Path("/usr/share/RHVoice/voices")
 FESTIVAL_DIR = Path("/usr/share/festival/voices")
 PICO_DIR = Path("/usr/share/pico/lang")
-INSTALL_HINT = "install the engines with corpora/install_tts.sh (as root)"
+INSTALL_HINT = "run corpora/install_tts.sh as root to install the engines"
 
 
 class SynthError(SpeechtlError):
@@ -133,8 +133,9 @@ _FESTIVAL_BATCH = 8
 
 # espeak-ng's English phoneme mnemonics with more than one character, longest first.
 _EN_MULTI = sorted(
-    "aI@ aU@ aI3 i@3 eI aI aU OI oU @U I@ e@ U@ A@ O@ o@ 3: A: O: u: i: a# I# I2 @2 @5 @L @- E2 tS dZ n- l- r- "
-    "t# d# aa".split(),
+    ["aI@", "aU@", "aI3", "i@3", "eI", "aI", "aU", "OI", "oU", "@U", "I@", "e@", "U@", "A@", "O@", "o@", "3:",
+     "A:", "O:", "u:", "i:", "a#", "I#", "I2", "@2", "@5", "@L", "@-", "E2", "tS", "dZ", "n-", "l-", "r-", "t#",
+     "d#", "aa"],
     key=len,
     reverse=True,
 )
@@ -187,8 +188,10 @@ def apply_l1(phonemes: str, l1: str) -> str:
     words = []
     for word in phonemes.split():
         toks = _tokenize_phonemes(word)
-        if rules.initial_s_voicing and len(toks) > 1 and toks[0] == "s" and toks[1][0] in _VOWEL_START:
-            toks[0] = "z"
+        if rules.initial_s_voicing and toks and toks[0] == "s":
+            following = next((t for t in toks[1:] if t not in _STRESS), "")
+            if following[:1] in _VOWEL_START:
+                toks[0] = "z"
         toks = [rules.substitute.get(t, t) for t in toks]
         if rules.final_devoicing:
             for j in range(len(toks) - 1, -1, -1):
@@ -213,7 +216,7 @@ def apply_l1(phonemes: str, l1: str) -> str:
 @cache
 def _flite_voices() -> frozenset[str]:
     try:
-        out = subprocess.run(["flite", "-lv"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(["flite", "-lv"], check=False, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return frozenset()
     return frozenset(out.split(":", 1)[-1].split())
@@ -222,8 +225,10 @@ def _flite_voices() -> frozenset[str]:
 @cache
 def _espeak_voices() -> frozenset[str]:
     try:
-        out = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True, timeout=30).stdout
-        mb = subprocess.run(["espeak-ng", "--voices=mb"], capture_output=True, text=True, timeout=30).stdout
+        out, mb = (
+            subprocess.run(["espeak-ng", arg], check=False, capture_output=True, text=True, timeout=30).stdout
+            for arg in ("--voices", "--voices=mb")
+        )
     except (OSError, subprocess.SubprocessError):
         return frozenset()
     names = set()
@@ -495,7 +500,7 @@ def plan_corpus(
 
 def _run(cmd: list[str], what: str, input: str | None = None, timeout: float = 120) -> str:
     try:
-        r = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, input=input, check=False, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as e:
         raise SynthError(f"{what}: could not run {cmd[0]} ({e})") from None
     if r.returncode != 0:
@@ -684,17 +689,17 @@ def build_corpus(
     workers = max(1, workers or os.cpu_count() or 1)
     from tqdm import tqdm
 
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="utt", desc="synth", disable=not progress) as bar:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            # Threads suffice: the work happens in engine and sox subprocesses.
-            futures = [pool.submit(_synthesise_batch, b) for b in _batches(todo)]
-            try:
-                for f in as_completed(futures):
-                    bar.update(f.result())
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+    # Threads suffice: the work happens in engine and sox subprocesses.
+    with (tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="utt", desc="synth", disable=not progress) as bar,
+          ThreadPoolExecutor(max_workers=workers) as pool):
+        futures = [pool.submit(_synthesise_batch, b) for b in _batches(todo)]
+        try:
+            for f in as_completed(futures):
+                bar.update(f.result())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
     utts = []
     for j in jobs:
         s = j.speaker
