@@ -14,14 +14,15 @@ Statistics
 - Confidence intervals are percentile intervals of a *cluster* bootstrap over speakers:
   utterances of one speaker are correlated (same voice, often the same prompts), so
   speakers, not utterances, are resampled with replacement; each resample's WER is its
-  summed errors over its summed words. With few speakers the interval is wide, and with
-  one speaker it has zero width and says nothing.
+  summed errors over its summed words. With few speakers the interval is wide.
 - The macro WER is the unweighted mean of the accents' WERs; its interval resamples
   speakers within each accent (a stratified bootstrap).
 - The paired test resamples speakers once and scores both systems on the same resample;
   ``p_value`` is the two-sided bootstrap p-value of the WER change being zero,
   ``2 * min(P(delta* <= 0), P(delta* >= 0))`` with add-one smoothing, and
   ``p_improve = P(delta* < 0)`` (Bisani & Ney's probability of improvement).
+- A group with a single speaker gets no interval and no p-value (None): resampling one
+  speaker always returns it, which would fake certainty.
 - Forgetting: the mean, over the non-target accents (every accent evaluated except the
   target one, held-out accents included), of ``max(0, WER_adapted - WER_base)`` in
   percentage points. Gains on one accent do not offset losses on another; 0 means no
@@ -330,7 +331,8 @@ def _group_stats(
         e = np.array([t[0] for t in totals.values()], dtype=np.float64)
         w = np.array([t[1] for t in totals.values()], dtype=np.float64)
         boot = bootstrap_wers(e, w, n_resamples=n_resamples, rng=_rng(seed, name))
-        stats.ci_low, stats.ci_high = _percentile_interval(boot, CI_LEVEL)
+        if len(totals) > 1:
+            stats.ci_low, stats.ci_high = _percentile_interval(boot, CI_LEVEL)
     return stats, boot
 
 
@@ -443,7 +445,9 @@ class Report:
         )
 
     def save(self, out_dir: str | os.PathLike, *, plots: bool = True) -> Path:
-        """Write ``report.json``, ``utterances.jsonl``, ``report.md`` and ``wer_per_accent.png``; returns report.json's path.
+        """Write ``report.json``, ``utterances.jsonl``, ``report.md`` and ``wer_per_accent.png``.
+
+        Returns the path of ``report.json``.
 
         Each file is written to a temporary name in ``out_dir`` and renamed, so a failure
         leaves no half-written file.
@@ -505,7 +509,8 @@ class Report:
         lines.append(
             f"Normaliser `{m.get('normalizer')}`, beam size {m.get('beam_size')}, "
             f"{self.overall.utterances} utterances, {self.overall.speakers} speakers, {self.overall.words} words. "
-            f"Intervals: {int(CI_LEVEL * 100)} % speaker bootstrap ({m.get('n_bootstrap')} resamples, seed {m.get('seed')})."
+            f"Intervals: {int(CI_LEVEL * 100)} % speaker bootstrap "
+            f"({m.get('n_bootstrap')} resamples, seed {m.get('seed')})."
         )
         if self.empty_refs:
             lines.append(f"{self.empty_refs} utterance(s) with an empty normalised reference are left out of the WER.")
@@ -523,7 +528,8 @@ class Report:
                 rows.append([label + " (micro)", g.utterances, g.words, _pct(g.wer), _ci(g)])
         for label, mac in (("seen accents", self.macro), ("held-out accents", self.macro_heldout)):
             if mac is not None:
-                rows.append([f"{label} (macro over {mac.accents} accent{'s' if mac.accents != 1 else ''})", "", "", _pct(mac.wer),
+                plural = "s" if mac.accents != 1 else ""
+                rows.append([f"{label} (macro over {mac.accents} accent{plural})", "", "", _pct(mac.wer),
                              f"{_pct(mac.ci_low)}–{_pct(mac.ci_high)}"])
         lines += _markdown_table(["group", "utterances", "words", "WER %", "95 % CI"], rows)
         if self.heldout_accents:
@@ -609,7 +615,8 @@ class AccentChange:
     """WER change of one accent (or ``ALL``) from baseline to adapted; fractions, not percent.
 
     ``delta = wer_adapted - wer_base``; ``rel_delta = delta / wer_base`` (None when the
-    baseline WER is 0); ``ci_low``/``ci_high`` bound ``delta``.
+    baseline WER is 0); ``ci_low``/``ci_high`` bound ``delta``. The interval and p-values
+    are None for a group of one speaker.
     """
 
     accent: str
@@ -620,16 +627,16 @@ class AccentChange:
     wer_adapted: float
     delta: float
     rel_delta: float | None
-    ci_low: float
-    ci_high: float
-    p_value: float
-    p_improve: float
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    p_improve: float | None
     heldout: bool = False
     target: bool = False
 
     @property
     def significant(self) -> bool:
-        return self.p_value < 0.05
+        return self.p_value is not None and self.p_value < 0.05
 
 
 @dataclass
@@ -682,8 +689,8 @@ class Comparison:
             ["accent", "utterances", "speakers", "base WER %", "adapted WER %", "change (points)", "95 % CI",
              "relative", "p", "P(better)"],
             [[_accent_label(c.accent, c.target, c.heldout), c.utterances, c.speakers, _pct(c.wer_base),
-              _pct(c.wer_adapted), _signed(c.delta), f"{_signed(c.ci_low)}…{_signed(c.ci_high)}",
-              _rel(c.rel_delta), f"{c.p_value:.3f}", f"{c.p_improve:.2f}"]
+              _pct(c.wer_adapted), _signed(c.delta), _delta_ci(c), _rel(c.rel_delta), _p(c.p_value),
+              "–" if c.p_improve is None else f"{c.p_improve:.2f}"]
              for c in [*self.accents, self.overall, self.seen, self.heldout] if c is not None],
         )
         lines.append("")
@@ -787,10 +794,10 @@ def compare(
             wer_adapted=wer_n,
             delta=res.delta,
             rel_delta=None if wer_b == 0 else res.delta / wer_b,
-            ci_low=res.ci_low,
-            ci_high=res.ci_high,
-            p_value=res.p_value,
-            p_improve=res.p_improve,
+            ci_low=res.ci_low if len(keys) > 1 else None,
+            ci_high=res.ci_high if len(keys) > 1 else None,
+            p_value=res.p_value if len(keys) > 1 else None,
+            p_improve=res.p_improve if len(keys) > 1 else None,
             heldout=name in heldout,
             target=name == target,
         )
@@ -944,6 +951,7 @@ def evaluate(
     splits: Iterable[str] | None = None,
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
+    device: str | None = None,
 ) -> Report:
     """Transcribe ``manifest`` with ``model`` (+ ``adapter``) and measure WER per accent.
 
@@ -961,6 +969,7 @@ def evaluate(
             score transcripts produced elsewhere.
         splits: keep only utterances with these ``split`` values (None keeps all).
         n_bootstrap, seed: speaker-bootstrap resamples and their seed.
+        device: where the model runs (``cpu``, ``cuda``); the model's own device by default.
     """
     if isinstance(manifest, str | os.PathLike):
         manifest_name = str(manifest)
@@ -985,7 +994,8 @@ def evaluate(
     missing = [a for a in held if a not in accents]
     if missing:
         raise SpeechtlError(
-            f"held-out accent(s) {', '.join(missing)} not in the evaluated utterances; accents are: {', '.join(accents)}"
+            f"held-out accent(s) {', '.join(missing)} not in the evaluated utterances; "
+            f"accents are: {', '.join(accents)}"
         )
     if target_accent is not None:
         if target_accent not in accents:
@@ -998,7 +1008,7 @@ def evaluate(
         hyps = list(transcriber(list(utts)))
     else:
         hyps = _transcribe(model, utts, adapter=adapter, batch_size=batch_size, beam_size=beam_size,
-                           progress=progress)
+                           progress=progress, device=device)
     records = score_utterances(utts, hyps, normalizer=norm, heldout_accents=held)
     meta = {
         "model": _model_name(model) if model is not None else ("transcriber" if transcriber is not None else None),
@@ -1010,7 +1020,7 @@ def evaluate(
         "splits": dict(sorted(Counter(u.split or "none" for u in utts).items())),
         "target_accent": target_accent,
         "heldout_accents": sorted({r.accent for r in records if r.heldout}),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "speechtl_version": _version(),
     }
     report = summarize(records, meta, n_resamples=n_bootstrap, seed=seed)
@@ -1019,8 +1029,8 @@ def evaluate(
     return report
 
 
-def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter, batch_size: int, beam_size: int,
-                progress: bool) -> list[str]:
+def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.PathLike | None, batch_size: int,
+                beam_size: int, progress: bool, device: str | None) -> list[str]:
     """Transcripts of ``utts`` with a backbone; segments (``offset``/``duration``) are cut first."""
     from .transcribe import transcribe
 
@@ -1038,7 +1048,8 @@ def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter, batch_size: i
             else u.audio
             for u in utts
         ]
-    return transcribe(model, audio, batch_size=batch_size, beam_size=beam_size, adapter=adapter, progress=progress)
+    return transcribe(model, audio, batch_size=batch_size, beam_size=beam_size, adapter=adapter, progress=progress,
+                      device=device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1083,7 +1094,7 @@ def _pct(x: float | None) -> str:
 
 def _ci(g: GroupStats) -> str:
     if g.ci_low is None or g.ci_high is None:
-        return "–"
+        return "– (1 speaker)" if g.speakers == 1 else "–"
     return f"{100 * g.ci_low:.2f}–{100 * g.ci_high:.2f}"
 
 
@@ -1102,7 +1113,15 @@ def _accent_label(name: str, target: bool, heldout: bool) -> str:
 def _change_cells(c: AccentChange | None) -> list[str]:
     if c is None:
         return ["", "", ""]
-    return [_pct(c.wer_base), _signed(c.delta), f"{c.p_value:.3f}"]
+    return [_pct(c.wer_base), _signed(c.delta), _p(c.p_value)]
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3f}"
+
+
+def _delta_ci(c: AccentChange) -> str:
+    return "–" if c.ci_low is None or c.ci_high is None else f"{_signed(c.ci_low)}…{_signed(c.ci_high)}"
 
 
 def _text_table(header: list[str], rows: list[list[Any]]) -> list[str]:

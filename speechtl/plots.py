@@ -44,7 +44,8 @@ def plot_wer_per_accent(
     labels = []
     for name in names:
         g = report.accents.get(name) or (baseline.accents.get(name) if baseline else None)
-        labels.append(name + ("*" if name == report.target_accent else "") + ("†" if g is not None and g.heldout else ""))
+        mark = ("*" if name == report.target_accent else "") + ("†" if g is not None and g.heldout else "")
+        labels.append(name + mark)
 
     systems: list[tuple[str, Report, str]] = []
     if baseline is not None:
@@ -76,7 +77,8 @@ def plot_wer_per_accent(
             # Above the error bar, where the label cannot collide with it.
             ax.annotate(f"{y:.1f}", (bar.get_x() + bar.get_width() / 2, y + up), xytext=(0, 2),
                         textcoords="offset points", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(names)), labels, rotation=30 if len(names) > 5 else 0, ha="right" if len(names) > 5 else "center")
+    crowded = len(names) > 5
+    ax.set_xticks(range(len(names)), labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel("WER (%)")
     ax.set_ylim(0, max(1.0, top * 1.15))
     ax.grid(axis="y", alpha=0.3)
@@ -86,8 +88,8 @@ def plot_wer_per_accent(
         handles.append(Patch(facecolor="white", edgecolor="black", hatch=_HELDOUT_HATCH))
         texts.append("held-out accent (†)")
     ax.legend(handles, texts, fontsize=8, loc="upper left")
-    ax.set_title(title or ("WER per accent, 95 % speaker-bootstrap CI" + (" (* target)" if report.target_accent else "")),
-                 fontsize=10)
+    default_title = "WER per accent, 95 % speaker-bootstrap CI" + (" (* target)" if report.target_accent else "")
+    ax.set_title(title or default_title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -152,7 +154,8 @@ def plot_learning_curves(
     if panels == 2 or not wer_keys:
         ax = axes[0]
         if train:
-            ax.plot([r["step"] for r in train], [r["loss"] for r in train], color=_ADAPTED_COLOR, lw=1, label="train loss")
+            ax.plot([r["step"] for r in train], [r["loss"] for r in train], color=_ADAPTED_COLOR, lw=1,
+                    label="train loss")
         dev_loss = [(r["step"], r["dev_loss"]) for r in evals if _number(r.get("dev_loss")) is not None]
         if dev_loss:
             ax.plot(*zip(*dev_loss), "o-", color="#d62728", ms=3, label="dev loss")

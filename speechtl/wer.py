@@ -107,7 +107,9 @@ def get_normalizer(name: str | Normalizer = "whisper") -> Normalizer:
     if not isinstance(name, str):
         if isinstance(name, Normalizer):
             return name
-        raise SpeechtlError(f"normalizer {name!r} is neither a name nor a callable with a .name; use one of {NORMALIZERS}")
+        raise SpeechtlError(
+            f"normalizer {name!r} is neither a name nor a callable with a .name; use one of {', '.join(NORMALIZERS)}"
+        )
     if name == "whisper":
         return WhisperNormalizer()
     if name == "basic":
@@ -189,17 +191,17 @@ def score_pairs(
                 counts["hits"] += n_ref
             elif chunk.type == "substitute":
                 counts["substitutions"] += n_ref
-                subs.extend(
-                    zip(r_words[chunk.ref_start_idx : chunk.ref_end_idx], h_words[chunk.hyp_start_idx : chunk.hyp_end_idx])
-                )
+                ref_span = r_words[chunk.ref_start_idx : chunk.ref_end_idx]
+                subs.extend(zip(ref_span, h_words[chunk.hyp_start_idx : chunk.hyp_end_idx]))
             elif chunk.type == "delete":
                 counts["deletions"] += n_ref
                 dels.extend(r_words[chunk.ref_start_idx : chunk.ref_end_idx])
             elif chunk.type == "insert":
                 counts["insertions"] += chunk.hyp_end_idx - chunk.hyp_start_idx
                 ins.extend(h_words[chunk.hyp_start_idx : chunk.hyp_end_idx])
+        # Substitutions and deletions span reference characters, insertions hypothesis ones.
         char_errors = sum(
-            (c.ref_end_idx - c.ref_start_idx) if c.type in ("substitute", "delete") else (c.hyp_end_idx - c.hyp_start_idx)
+            (c.hyp_end_idx - c.hyp_start_idx) if c.type == "insert" else (c.ref_end_idx - c.ref_start_idx)
             for c in chars.alignments[i]
             if c.type != "equal"
         )
@@ -287,18 +289,18 @@ def warn_empty_refs(n: int, where: str = "") -> None:
 def wer(refs: Sequence[str], hyps: Sequence[str], normalizer: str | Normalizer = "whisper") -> float:
     """Corpus (micro) WER of ``hyps`` against ``refs`` after normalising both; empty references are left out."""
     total = aggregate(score_pairs(refs, hyps, normalizer))
-    warn_empty_refs(total.empty_refs)
     if total.wer is None:
         raise SpeechtlError("every reference is empty after normalisation; there is nothing to score")
+    warn_empty_refs(total.empty_refs)
     return total.wer
 
 
 def cer(refs: Sequence[str], hyps: Sequence[str], normalizer: str | Normalizer = "whisper") -> float:
     """Corpus character error rate after normalising both sides (spaces count as characters)."""
     total = aggregate(score_pairs(refs, hyps, normalizer))
-    warn_empty_refs(total.empty_refs)
     if total.cer is None:
         raise SpeechtlError("every reference is empty after normalisation; there is nothing to score")
+    warn_empty_refs(total.empty_refs)
     return total.cer
 
 

@@ -1,0 +1,103 @@
+"""speechtl-eval: transcribe a manifest, print WER per accent with 95 % CIs, and save a report.
+
+With --baseline (a report.json of the unadapted model on the same manifest) it also prints the
+change per accent with paired-bootstrap p-values and the forgetting score, and saves
+comparison.json/.md and wer_vs_baseline.png beside the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..wer import NORMALIZERS
+from ._common import add_common_args, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speechtl-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="backbone name (speechtl.list_backbones()), model folder, or hub id")
+    p.add_argument("--adapter", help="a saved adapter folder to apply to the model")
+    p.add_argument("--manifest", required=True, help="JSONL manifest of the utterances to score")
+    p.add_argument("--out", required=True, help="folder for report.json, utterances.jsonl, report.md and plots")
+    p.add_argument("--baseline", help="report.json (or its folder) of the baseline model on the same manifest")
+    p.add_argument("--normalizer", choices=NORMALIZERS, default="whisper",
+                   help="text normalisation for references and hypotheses alike (default: whisper)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
+    p.add_argument("--heldout-accents", default="", help="comma-separated accents unseen in training, reported apart")
+    p.add_argument("--target-accent", help="the accent the adapter was trained for (excluded from forgetting)")
+    p.add_argument("--splits", help="comma-separated splits to score, e.g. test,test_heldout (default: all lines)")
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="speaker-bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the model's)")
+    p.add_argument("--metrics", help="a training metrics.jsonl to plot as learning_curves.png in --out")
+    p.add_argument("--no-progress", action="store_true")
+    add_common_args(p)
+    return p
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..evaluate import Report, evaluate
+    from ..plots import plot_learning_curves
+
+    out = Path(args.out)
+    baseline = Report.load(args.baseline) if args.baseline else None  # fail before transcribing
+    splits = _split_list(args.splits) or None
+    start = time.perf_counter()
+    report = evaluate(
+        args.model,
+        args.manifest,
+        adapter=args.adapter,
+        normalizer=args.normalizer,
+        batch_size=args.batch_size,
+        beam_size=args.beam_size,
+        heldout_accents=_split_list(args.heldout_accents),
+        target_accent=args.target_accent,
+        progress=not args.no_progress,
+        splits=splits,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        device=args.device,
+    )
+    elapsed = time.perf_counter() - start
+    comparison = report.compare(baseline) if baseline is not None else None
+    report.save(out)
+    if comparison is not None:
+        comparison.save(out, base=baseline, adapted=report)
+    if args.metrics:
+        plot_learning_curves(args.metrics, out / "learning_curves.png")
+
+    system = report.meta["model"] + (f" + {report.meta['adapter']}" if report.meta.get("adapter") else "")
+    print(f"{system} on {args.manifest} (normaliser {report.normalizer}, {elapsed:.1f} s)")
+    print(report.format_table(comparison))
+    if comparison is not None:
+        if comparison.forgetting_points is not None:
+            print(f"forgetting: {comparison.forgetting_points:.2f} points (mean over non-target accents of "
+                  f"max(0, WER change); mean signed change {comparison.mean_change_non_target_points:+.2f})")
+        else:
+            print("forgetting: not defined (no accent other than the target)")
+    if report.empty_refs:
+        print(f"note: {report.empty_refs} utterance(s) with an empty normalised reference are not scored")
+    written = ["report.json", "utterances.jsonl", "wer_per_accent.png"]
+    if comparison is not None:
+        written += ["comparison.md", "comparison.json", "wer_vs_baseline.png"]
+    if args.metrics:
+        written.append("learning_curves.png")
+    print(f"report: {out / 'report.md'} (also {', '.join(written)} in {out})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
