@@ -16,7 +16,8 @@ Statistics
   speakers, not utterances, are resampled with replacement; each resample's WER is its
   summed errors over its summed words. With few speakers the interval is wide.
 - The macro WER is the unweighted mean of the accents' WERs; its interval resamples
-  speakers within each accent (a stratified bootstrap).
+  speakers within each accent (a stratified bootstrap) and needs two or more speakers in
+  every accent.
 - The paired test resamples speakers once and scores both systems on the same resample;
   ``p_value`` is the two-sided bootstrap p-value of the WER change being zero,
   ``2 * min(P(delta* <= 0), P(delta* >= 0))`` with add-one smoothing, and
@@ -351,6 +352,9 @@ def _macro(groups: list[tuple[GroupStats, np.ndarray | None]]) -> MacroStats | N
     if not scored:
         return None
     wer = float(np.mean([g.wer for g, _ in scored]))
+    if any(g.speakers < 2 for g, _ in scored):
+        # A one-speaker accent contributes no resampling variance: the interval would be too narrow.
+        return MacroStats(wer=wer, ci_low=None, ci_high=None, accents=len(scored))
     boot = np.mean(np.stack([b for _, b in scored]), axis=0)
     lo, hi = _percentile_interval(boot, CI_LEVEL)
     return MacroStats(wer=wer, ci_low=lo, ci_high=hi, accents=len(scored))
@@ -461,7 +465,7 @@ class Report:
             from .plots import plot_wer_per_accent
 
             plot_wer_per_accent(self, out / "wer_per_accent.png")
-        # report.json last: its presence means the folder is complete.
+        # report.json last: it is never newer than the files it describes.
         _atomic_write(out / "report.json", json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
         return out / "report.json"
 
@@ -530,7 +534,7 @@ class Report:
             if mac is not None:
                 plural = "s" if mac.accents != 1 else ""
                 rows.append([f"{label} (macro over {mac.accents} accent{plural})", "", "", _pct(mac.wer),
-                             f"{_pct(mac.ci_low)}–{_pct(mac.ci_high)}"])
+                             _macro_ci(mac)])
         lines += _markdown_table(["group", "utterances", "words", "WER %", "95 % CI"], rows)
         if self.heldout_accents:
             lines += ["", f"Held-out (unseen in training) accents: {', '.join(self.heldout_accents)}."]
@@ -575,8 +579,7 @@ class Report:
                 row += _change_cells(comparison.group(label))
             rows.append(row)
         if self.macro is not None:
-            row = [f"macro ({self.macro.accents})", "", "", _pct(self.macro.wer),
-                   f"{_pct(self.macro.ci_low)}–{_pct(self.macro.ci_high)}"]
+            row = [f"macro ({self.macro.accents})", "", "", _pct(self.macro.wer), _macro_ci(self.macro)]
             rows.append(row + ([""] * 3 if comparison is not None else []))
         out = _text_table(header, rows)
         notes = []
@@ -1096,6 +1099,10 @@ def _ci(g: GroupStats) -> str:
     if g.ci_low is None or g.ci_high is None:
         return "– (1 speaker)" if g.speakers == 1 else "–"
     return f"{100 * g.ci_low:.2f}–{100 * g.ci_high:.2f}"
+
+
+def _macro_ci(m: MacroStats) -> str:
+    return "–" if m.ci_low is None or m.ci_high is None else f"{_pct(m.ci_low)}–{_pct(m.ci_high)}"
 
 
 def _signed(x: float) -> str:

@@ -282,6 +282,8 @@ def test_single_speaker_groups_get_no_interval_or_p_value():
     new = evaluate("a", utts, transcriber=corrupt({"US": 1, "Solo": 1}), n_bootstrap=50)
     assert base.accents["Solo"].ci_low is None and base.accents["US"].ci_low is not None
     assert "– (1 speaker)" in base.format_table()
+    # The macro interval would ignore the one-speaker accent's uncertainty: none is given.
+    assert base.macro.wer == pytest.approx(0.2) and base.macro.ci_low is None
     solo = new.compare(base).group("Solo")
     assert solo.delta == pytest.approx(-0.2) and solo.p_value is None and not solo.significant
 
