@@ -42,7 +42,7 @@ class _SpeechTask:
         self.specaug = specaug
 
     def collate(self, items: list[dict[str, Any]]) -> Batch:
-        """Items with ``audio`` ``(samples,)`` (and ``text``/labels) to ``{"inputs", "lengths", "texts", "ids", ...}``."""
+        """Items with ``audio`` ``(samples,)`` (and ``text``) to ``{"inputs", "lengths", "texts", "ids"}``."""
         inputs, lengths = self.prepare([it["audio"] for it in items])
         return {
             "inputs": inputs,

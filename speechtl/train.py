@@ -93,7 +93,9 @@ def setup_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, dev, owns)
 
 
-def autocast_context(device: torch.device, precision: str) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
+def autocast_context(
+    device: torch.device, precision: str
+) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
     """A factory of autocast contexts for ``precision`` and whether fp16 loss scaling is needed."""
     if precision == "auto":
         if device.type != "cuda":
@@ -115,22 +117,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    """Every random generator's state as plain Python values (they travel through all_gather_object)."""
+    kind, keys, *rest = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, keys.tolist(), *rest],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Callable[[int], float]:

@@ -400,7 +400,9 @@ class AdaptedModel(nn.Module):
         self.merged = True
         self._configure_trainable()
 
-    def average_adapters(self, names: Sequence[str], weights: Sequence[float] | None = None, new_name: str = "average") -> None:
+    def average_adapters(
+        self, names: Sequence[str], weights: Sequence[float] | None = None, new_name: str = "average"
+    ) -> None:
         """Add adapter ``new_name`` whose weights are the weighted mean of the ``names`` adapters' weights.
 
         Each weight tensor is averaged on its own (for LoRA that averages A and B separately, which

@@ -112,7 +112,8 @@ class BottleneckLayer(nn.Module):
 def _out_features(module: nn.Module, name: str) -> int:
     features = getattr(module, "out_features", None)
     if features is None:
-        raise SpeechtlError(f"bottleneck target {name} ({type(module).__name__}) has no out_features; target linear layers")
+        raise SpeechtlError(
+            f"bottleneck target {name} ({type(module).__name__}) has no out_features; target linear layers")
     return int(features)
 
 

@@ -46,7 +46,8 @@ class InjectionReport:
     def __str__(self) -> str:
         pct = 100.0 * self.trainable / max(self.total, 1)
         shown = ", ".join(self.replaced[:4]) + (f", … ({len(self.replaced)} in all)" if len(self.replaced) > 4 else "")
-        return f"{self.method}: {len(self.replaced)} modules ({shown}); {self.trainable:,} of {self.total:,} parameters train ({pct:.3f}%)"
+        return (f"{self.method}: {len(self.replaced)} modules ({shown}); "
+                f"{self.trainable:,} of {self.total:,} parameters train ({pct:.3f}%)")
 
 
 def parse_layers(spec: str | Sequence[int] | None) -> set[int] | None:

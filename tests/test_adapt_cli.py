@@ -1,0 +1,105 @@
+"""speechtl-adapt end to end on a tiny synthetic manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from speechtl.adapters import load_adapter, read_adapter_meta
+from speechtl.backbones import create_backbone
+from speechtl.cli.adapt import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    """Five short tone clips: four of accent A (one of them dev), one of accent B."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (text, accent, split) in enumerate([("hello there", "A", "train"), ("yes sir", "A", "train"),
+                                               ("go home", "A", "train"), ("no way", "B", "train"),
+                                               ("see you", "A", "dev")]):
+        t = np.arange(int(16000 * (0.5 + 0.1 * i))) / 16000
+        wav = (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+        sf.write(tmp_path / f"u{i}.wav", wav, 16000)
+        rows.append({"id": f"u{i}", "audio": f"u{i}.wav", "text": text, "speaker": f"s{i % 2}", "accent": accent,
+                     "split": split})
+    path = tmp_path / "all.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BASE = ["--model", "whisper-tiny-random", "--method", "lora", "--target-accent", "A"]
+KEYS = ["lr=1e-2", "log_every=1", "batch_seconds=1.5", "eval_every=2", "progress=false", "lora_r=4"]
+
+
+def test_adapt_writes_config_adapter_metrics_and_prints_dev_wer(tmp_path, manifest, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, *BASE, "--train", manifest, "--out", out, *KEYS, "max_steps=2")
+    assert code == 0, err
+    assert "final dev WER:" in stdout and "best at step 2 of 2" in stdout
+    assert "lora" in err and "parameters train" in err  # the model summary
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["adapt"]["method"] == "lora" and cfg["adapt"]["lora_r"] == 4 and cfg["train"]["max_steps"] == 2
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["train_utterances"] == 3 and run_info["dev_utterances"] == 1  # only accent A
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert any("eval" in m and "wer" in m["eval"] for m in metrics)
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 2 and 0.0 <= result["best_metric"]
+
+    meta = read_adapter_meta(out / "adapter")
+    assert meta["target_accent"] == "A" and meta["method"] == "lora" and meta["dev_wer"] == result["best_metric"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    model = load_adapter(create_backbone("whisper-tiny-random"), out / "adapter")
+    assert model.num_trainable() == run_info["trainable_parameters"]
+
+    # The folder is now taken: refused, then replaced with --overwrite, or continued with --resume.
+    code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, *KEYS, "max_steps=2")
+    assert code == 2 and "is not empty; pass --overwrite" in err
+    code, stdout, err = run(capsys, *BASE, "--train", manifest, "--out", out, "--resume", *KEYS, "max_steps=4")
+    assert code == 0, err
+    assert "of 4)" in stdout
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == [1, 2, 3, 4]
+    code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, "--resume", *KEYS, "lora_r=8")
+    assert code == 2 and "different adapt.lora_r" in err
+
+
+def test_adapt_cli_errors(tmp_path, manifest, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, "lora_rank=4")
+    assert code == 2 and err.startswith("error: command line: unknown config key 'lora_rank'; did you mean lora_r")
+    code, _, err = run(capsys, *BASE[:-1], "C", "--train", manifest, "--out", out)
+    assert code == 2 and "no utterance of accent 'C'; accents there: A, B" in err
+    code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, "--resume")
+    assert code == 2 and "no checkpoints/last.pt" in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, _, err = run(capsys, *BASE, "--train", manifest, "--out", tmp_path / "mine", "--overwrite")
+    assert code == 2 and "does not look like a speechtl-adapt output" in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    with pytest.raises(SystemExit):
+        main(["--help-config"])
+    assert "lora_alpha = 16.0" in capsys.readouterr().out

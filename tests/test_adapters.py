@@ -1,0 +1,294 @@
+"""Adapters: injection by name, zero-init no-ops, named adapters, save/load (speechtl and peft formats)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speechtl.adapters import (
+    BottleneckAdapters,
+    find_targets,
+    get_adapter_params,
+    load_adapter,
+    parse_layers,
+    read_adapter_meta,
+)
+from speechtl.backbones import create_backbone
+from speechtl.errors import SpeechtlError
+from speechtl.transfer import adapt
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models run fastest single-threaded, and the test machines are shared.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _waves(n: int = 2, seconds: float = 0.6) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(int(16000 * (seconds + 0.2 * i)))).astype(np.float32) for i in range(n)]
+
+
+def whisper():
+    return create_backbone("whisper-tiny-random", short_clips=True)
+
+
+def w2v():
+    return create_backbone("wav2vec2-tiny-random")
+
+
+def logits(backbone, waves=None) -> torch.Tensor:
+    """Whisper decoder logits under teacher forcing, or wav2vec2 CTC logits, in eval mode."""
+    backbone.eval()
+    x, n = backbone.prepare(waves or _waves())
+    with torch.no_grad():
+        if backbone.task == "seq2seq":
+            return backbone.logits(x, n, ["hello there", "yes"])[0]
+        return backbone.logits(x, n)[0]
+
+
+# -- injection by name -------------------------------------------------------------------------------
+
+
+def test_parse_layers():
+    assert parse_layers("0-2,5") == {0, 1, 2, 5}
+    assert parse_layers([3, 4]) == {3, 4}
+    assert parse_layers(None) is None
+    with pytest.raises(SpeechtlError, match="target_layers"):
+        parse_layers("a-b")
+
+
+def test_find_targets_by_suffix_regex_and_layers():
+    model = whisper().model
+    assert find_targets(model, suffixes=["q_proj"], layers="1") == [
+        "model.encoder.layers.1.self_attn.q_proj",
+        "model.decoder.layers.1.self_attn.q_proj",
+        "model.decoder.layers.1.encoder_attn.q_proj",
+    ]
+    enc = find_targets(model, regex=r"model\.encoder\.layers\.\d+\.(fc1|fc2)")
+    assert enc == [f"model.encoder.layers.{i}.fc{j}" for i in range(2) for j in (1, 2)]
+    with pytest.raises(SpeechtlError, match="no Linear module matched.*candidates end with: .*k_proj"):
+        find_targets(model, suffixes=["query"])
+    with pytest.raises(SpeechtlError, match="in layers"):
+        find_targets(model, suffixes=["q_proj"], layers="7")
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "bottleneck"])
+@pytest.mark.parametrize("family", ["whisper", "wav2vec2"])
+def test_fresh_adapter_leaves_outputs_unchanged(method, family):
+    backbone = whisper() if family == "whisper" else w2v()
+    before = logits(backbone)
+    model = adapt(backbone, method)
+    assert model.adapters.report.replaced, "nothing was adapted"
+    assert torch.equal(logits(backbone), before) if method != "dora" else torch.allclose(logits(backbone), before,
+                                                                                         atol=1e-5)
+
+
+def test_bottleneck_answers_adapter_params_and_zero_inits_up():
+    backbone = whisper()
+    model = adapt(backbone, "bottleneck", bottleneck_style="pfeiffer", target_layers="0")
+    params = get_adapter_params(backbone.model)
+    # Pfeiffer: one adapter after each feed-forward block of layer 0 (encoder and decoder).
+    assert model.adapters.report.replaced == ["model.encoder.layers.0.fc2", "model.decoder.layers.0.fc2"]
+    assert sorted(params) == sorted(
+        f"model.{part}.layers.0.fc2.adapters.default.{lin}.{w}"
+        for part in ("encoder", "decoder") for lin in ("down", "up") for w in ("weight", "bias"))
+    ups = [p for n, p in params.items() if ".up." in n]
+    assert all(torch.count_nonzero(p) == 0 for p in ups)
+    assert set(model.trainable_parameters()) == {f"backbone.model.{n}" for n in params}
+
+
+def test_bottleneck_needs_linear_targets():
+    backbone = whisper()
+    with pytest.raises(SpeechtlError, match="out_features"):
+        BottleneckAdapters(backbone.model, ["model.encoder.layers.0.self_attn_layer_norm"], "a", dim=4)
+
+
+# -- several named adapters ---------------------------------------------------------------------------
+
+
+def _perturb(model, scale: float = 0.5, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters().values():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_named_adapters_switch_disable_merge_and_average():
+    backbone = whisper()
+    base = logits(backbone)
+    model = adapt(backbone, "lora", adapter_name="scottish")
+    _perturb(model, seed=1)
+    scottish = logits(backbone)
+    assert not torch.allclose(scottish, base)
+
+    model.add_adapter("welsh")
+    assert model.adapter_names == ["scottish", "welsh"] and model.active_adapter == "welsh"
+    # Only the active adapter trains.
+    assert all(".welsh." in n for n in model.trainable_parameters())
+    assert torch.equal(logits(backbone), base)  # a fresh adapter is a no-op
+    _perturb(model, seed=2)
+    welsh = logits(backbone)
+
+    model.set_adapter("scottish")
+    assert torch.allclose(logits(backbone), scottish, atol=1e-6)
+    with model.adapters_disabled():
+        assert torch.allclose(logits(backbone), base, atol=1e-6)
+    assert torch.allclose(logits(backbone), scottish, atol=1e-6)
+
+    model.average_adapters(["scottish", "welsh"], [3, 1], new_name="mix")
+    mix, a, b = (model.adapters.state(n) for n in ("mix", "scottish", "welsh"))
+    assert mix.keys() == a.keys()
+    for k in mix:
+        torch.testing.assert_close(mix[k], 0.75 * a[k] + 0.25 * b[k])
+    assert model.active_adapter == "scottish"
+
+    with pytest.raises(SpeechtlError, match="already exists"):
+        model.add_adapter("welsh")
+    with pytest.raises(SpeechtlError, match="no adapter named"):
+        model.set_adapter("irish")
+
+    model.set_adapter("welsh")
+    model.merge_adapter()
+    assert torch.allclose(logits(backbone), welsh, atol=1e-5)
+    assert not any("lora" in n for n, _ in backbone.named_parameters())
+    with pytest.raises(SpeechtlError, match="merged"):
+        model.add_adapter("again")
+
+
+def test_bottleneck_adapters_cannot_merge():
+    model = adapt(w2v(), "bottleneck")
+    with pytest.raises(SpeechtlError, match="cannot be merged"):
+        model.merge_adapter()
+
+
+def test_averaging_adapters_of_other_shapes_fails():
+    model = adapt(w2v(), "bottleneck")
+    model.adapters.dim = 1  # a second adapter of another width (the first is 32 // 16 = 2 wide)
+    model.add_adapter("narrow")
+    with pytest.raises(SpeechtlError, match="differ in shape"):
+        model.average_adapters(["default", "narrow"])
+
+
+# -- save / load ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["lora", "bottleneck", "features", "finetune"])
+def test_save_load_round_trip_writes_only_trained_weights(tmp_path, method):
+    backbone = w2v()
+    kwargs = {"top_n_layers": 1} if method == "finetune" else {}
+    model = adapt(backbone, method, **kwargs)
+    _perturb(model, 0.1)
+    if model.adapters is not None:
+        model.add_adapter("second")
+        _perturb(model, 0.1, seed=3)
+        model.set_adapter("default")
+    model.eval()
+    x, n = backbone.prepare(_waves())
+    with torch.no_grad():
+        expected = model.generate(x, n), model.head(model.encode(x, n))[0] if model.head else backbone.logits(x, n)[0]
+    model.save_adapter(tmp_path / "ad", target_accent="scottish")
+
+    saved = load_file(tmp_path / "ad" / "adapter.safetensors")
+    trained = sum(v.numel() for v in saved.values())
+    base = sum(p.numel() for p in w2v().parameters())
+    assert trained < base
+    if method in ("lora", "bottleneck"):
+        assert all(k.startswith(("adapter.default.", "adapter.second.")) for k in saved)
+    meta = read_adapter_meta(tmp_path / "ad")
+    assert meta["base_model"] == "wav2vec2-tiny-random" and meta["target_accent"] == "scottish"
+
+    fresh = w2v()
+    loaded = load_adapter(fresh, tmp_path / "ad")
+    loaded.eval()
+    assert loaded.adapter_names == model.adapter_names and loaded.active_adapter == model.active_adapter
+    with torch.no_grad():
+        got = loaded.generate(x, n), loaded.head(loaded.encode(x, n))[0] if loaded.head else fresh.logits(x, n)[0]
+    assert got[0] == expected[0]
+    torch.testing.assert_close(got[1], expected[1])
+
+
+def test_loading_onto_other_base_weights_fails(tmp_path):
+    model = adapt(w2v(), "lora")
+    model.save_adapter(tmp_path / "ad")
+    other = create_backbone("wav2vec2-tiny-random", seed=1)
+    with pytest.raises(SpeechtlError, match="trained on 'wav2vec2-tiny-random'.*other weights"):
+        load_adapter(other, tmp_path / "ad")
+    with pytest.raises(SpeechtlError, match="adapter.json is missing"):
+        load_adapter(w2v(), tmp_path)
+
+
+def test_adapting_twice_fails():
+    backbone = w2v()
+    adapt(backbone, "lora")
+    with pytest.raises(SpeechtlError, match="already adapted"):
+        adapt(backbone, "bottleneck")
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_peft_format_loads_in_peft_with_same_logits(tmp_path, method):
+    from peft import PeftModel
+
+    backbone = whisper()
+    model = adapt(backbone, method, target_layers="1")
+    _perturb(model, 0.3)
+    model.add_adapter("other")
+    _perturb(model, 0.3, seed=5)
+    model.eval()
+    waves = _waves()
+    model.set_adapter("default")
+    want_default = logits(backbone, waves)
+    model.set_adapter("other")
+    want_other = logits(backbone, waves)
+    model.save_adapter(tmp_path / "ad")
+
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == method.upper()
+    keys = load_file(tmp_path / "ad" / "adapter_model.safetensors")
+    assert keys and all(k.startswith("base_model.model.") for k in keys)
+
+    plain = whisper()  # the plain transformers model under a plain backbone
+    peft_model = PeftModel.from_pretrained(plain.model, tmp_path / "ad").eval()
+    assert torch.allclose(logits(plain, waves), want_other, atol=1e-5)  # the active adapter is at the top
+    peft_model.load_adapter(tmp_path / "ad" / "default", adapter_name="default_copy")
+    peft_model.set_adapter("default_copy")
+    assert torch.allclose(logits(plain, waves), want_default, atol=1e-5)
+    assert not torch.allclose(want_default, want_other)
+
+
+# -- trainable parameters per method --------------------------------------------------------------------
+
+
+def _linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+@pytest.mark.parametrize(
+    "method,kwargs,expected",
+    [
+        # d_model 64, ffn 128, 2+2 layers; LoRA r=8 on q,v: enc 2x2 + dec 2x4 modules of 8*(64+64)
+        ("lora", {}, 12 * 8 * (64 + 64)),
+        ("lora", {"lora_r": 2, "target_modules": ["fc1"], "target_layers": "0"}, 2 * 2 * (64 + 128)),
+        # DoRA adds a magnitude vector (64) per module
+        ("dora", {}, 12 * (8 * 128 + 64)),
+        # IA3: k and v scale outputs (64) in 6 attention blocks, fc2 scales its input (128) in 4 layers
+        ("ia3", {}, 12 * 64 + 4 * 128),
+        # Houlsby: after self-attn (4 layers), cross-attn (2) and fc2 (4): 64 -> 4 -> 64
+        ("bottleneck", {}, 10 * (_linear(64, 4) + _linear(4, 64))),
+        ("bottleneck", {"bottleneck_style": "pfeiffer", "bottleneck_dim": 8}, 4 * (_linear(64, 8) + _linear(8, 64))),
+        # a linear CTC head over 64 features to 29 characters; + 3 layer weights when mixing layers
+        ("features", {}, _linear(64, 29)),
+        ("features", {"weighted_layers": True}, _linear(64, 29) + 3),
+    ],
+)
+def test_trainable_parameter_counts(method, kwargs, expected):
+    model = adapt(whisper(), method, **kwargs)
+    assert model.num_trainable() == expected
+    assert f"{expected:,} of" in model.summary()
