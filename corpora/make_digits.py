@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         Image.fromarray(img, mode="L").save(path)
         examples.append(ClassifyExample(f"digits-{i:04d}", str(path), str(int(y)), "test" if i in test else "train"))
     write_classify_manifest(examples, args.out_dir / "manifest.jsonl", "image")
-    print(f"{len(examples)} images ({len(examples) - len(test)} train, {len(test)} test) -> {args.out_dir / 'manifest.jsonl'}")
+    n_train = len(examples) - len(test)
+    print(f"{len(examples)} images ({n_train} train, {len(test)} test) -> {args.out_dir / 'manifest.jsonl'}")
     return 0
 
 

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, ex in enumerate(examples):
         ex.id = f"wn-{i:05d}"
     write_classify_manifest(examples, args.out_dir / "manifest.jsonl", "text")
-    summary = ", ".join(f"{label} {len(by_label[label])}" for label in sorted(by_label, key=lambda k: -len(by_label[k])))
+    ranked = sorted(by_label, key=lambda k: -len(by_label[k]))
+    summary = ", ".join(f"{label} {len(by_label[label])}" for label in ranked)
     print(f"{len(examples)} sentences in {len(by_label)} classes ({summary}) -> {args.out_dir / 'manifest.jsonl'}")
     return 0
 

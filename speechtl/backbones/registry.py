@@ -86,4 +86,4 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
 
 def _load_families() -> None:
     # Importing the family modules runs their @register_backbone decorators.
-    from . import wav2vec2, whisper  # noqa: F401
+    from . import image, text, wav2vec2, whisper  # noqa: F401
