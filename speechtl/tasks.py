@@ -34,16 +34,17 @@ class Task(Protocol):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
 
 
-class _SpeechTask:
-    """Shared by the speech tasks: prepare audio with the backbone, optional SpecAugment."""
+class _BackboneTask:
+    """Shared by the tasks: the backbone's ``prepare`` batches item ``input_key``; optional SpecAugment."""
 
-    def __init__(self, model: nn.Module, *, specaug: SpecAugment | None = None):
+    def __init__(self, model: nn.Module, *, specaug: SpecAugment | None = None, input_key: str = "audio"):
         self.prepare = model.prepare
         self.specaug = specaug
+        self.input_key = input_key
 
     def collate(self, items: list[dict[str, Any]]) -> Batch:
-        """Items with ``audio`` ``(samples,)`` (and ``text``) to ``{"inputs", "lengths", "texts", "ids"}``."""
-        inputs, lengths = self.prepare([it["audio"] for it in items])
+        """Items (``audio`` ``(samples,)``, ``text``) to ``{"inputs", "lengths", "texts", "ids"}``."""
+        inputs, lengths = self.prepare([it[self.input_key] for it in items])
         return {
             "inputs": inputs,
             "lengths": lengths,
@@ -56,7 +57,7 @@ class _SpeechTask:
         return specaug_applied(backbone, self.specaug, enabled=model.training)
 
 
-class CTCASRTask(_SpeechTask):
+class CTCASRTask(_BackboneTask):
     """CTC speech recognition; ``model`` is an :class:`~speechtl.transfer.AdaptedModel`."""
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -71,15 +72,16 @@ class Seq2SeqASRTask(CTCASRTask):
     """Sequence-to-sequence speech recognition (Whisper): the backbone's teacher-forced loss."""
 
 
-class ClassificationTask(_SpeechTask):
+class ClassificationTask(_BackboneTask):
     """Utterance classification on the item field ``label_key`` (``accent`` by default).
 
-    ``labels`` are the classes in the classifier head's output order.
+    ``labels`` are the classes in the classifier head's output order; ``input_key`` names the
+    item field the backbone prepares (``audio``; an image or a text for other modalities).
     """
 
     def __init__(self, model: nn.Module, labels: Sequence[str], *, label_key: str = "accent",
-                 specaug: SpecAugment | None = None):
-        super().__init__(model, specaug=specaug)
+                 specaug: SpecAugment | None = None, input_key: str = "audio"):
+        super().__init__(model, specaug=specaug, input_key=input_key)
         self.labels = list(labels)
         self.index = {label: i for i, label in enumerate(self.labels)}
         self.label_key = label_key

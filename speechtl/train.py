@@ -439,6 +439,7 @@ def train(
                 scaler.scale(loss / cfg.grad_accum).backward()
                 step_loss += loss.item() / cfg.grad_accum
 
+        unscaled = step_ok
         if step_ok:
             scaler.unscale_(optimizer)
             if cfg.max_grad_norm is not None:
@@ -446,11 +447,17 @@ def train(
             else:
                 grad_norm = torch.linalg.vector_norm(
                     torch.stack([p.grad.detach().float().norm() for p in trainable if p.grad is not None]))
-            step_ok = _all_agree(bool(torch.isfinite(grad_norm)), info)
+            if not _all_agree(bool(torch.isfinite(grad_norm)), info):
+                if use_scaler and scaler.get_scale() >= 1.0:
+                    # fp16 overflow, normal while the loss scale settles: the scaler lowers it, the batch is dropped.
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.update()
+                    continue
+                step_ok = False
         if not step_ok:
             optimizer.zero_grad(set_to_none=True)
-            if use_scaler:
-                scaler.update()  # lowers the fp16 loss scale, the usual cure for overflow
+            if use_scaler and unscaled:
+                scaler.update()  # closes the scaler's iteration (and lowers its scale)
             nonfinite_streak += 1
             warnings.warn(f"step {pos['step'] + 1}: non-finite loss or gradient, batch skipped "
                           f"({nonfinite_streak} in a row)", RuntimeWarning, stacklevel=2)
