@@ -358,6 +358,13 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def default_permissions(path: str | os.PathLike) -> None:
+    """Give a temp file (0600) or folder (0700) the permissions a plain ``open``/``mkdir`` would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same folder, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,6 +374,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .config import TrainConfig, default_permissions
 from .errors import SpeechtlError
 
 CHECKPOINT_VERSION = 1
@@ -256,6 +256,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        default_permissions(tmp)
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -309,7 +310,8 @@ def train(
     Args:
         model: any ``nn.Module``; parameters with ``requires_grad`` train. If it has
             ``param_groups(lr, weight_decay)`` those become the optimizer's groups (layer-wise
-            learning rates); if it has ``enable_gradient_checkpointing()`` it is used on request.
+            learning rates); if it has ``enable_gradient_checkpointing()`` it is used on request;
+            a true ``skips_layers`` attribute makes DDP look for unused parameters.
         task: has ``loss(model, batch) -> scalar tensor``.
         train_loader: an iterable of batches (usually a ``DataLoader``); with ``torchrun`` it
             must already give each rank its own share.
@@ -361,7 +363,8 @@ def train(
     if info.world_size > 1:
         step_module = DistributedDataParallel(
             step_module, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters, broadcast_buffers=False)
+            find_unused_parameters=cfg.find_unused_parameters or bool(getattr(model, "skips_layers", False)),
+            broadcast_buffers=False)
 
     # -- resume ---------------------------------------------------------------------------------------
     pos = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None, "bad_evals": 0}

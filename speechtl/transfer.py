@@ -244,6 +244,14 @@ class AdaptedModel(nn.Module):
             self.backbone.eval()
         return self
 
+    @property
+    def skips_layers(self) -> bool:
+        """Whether LayerDrop may skip layers while training, leaving some trainable parameters without
+        a gradient in a step (distributed training must then look for unused parameters)."""
+        cfg = getattr(self.backbone.model, "config", None)
+        drops = [getattr(cfg, k, 0) or 0 for k in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")]
+        return not self.backbone_frozen and any(d > 0 for d in drops)
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the backbone's layer activations in backward (less memory, ~30% more compute)."""
         model = self.backbone.model

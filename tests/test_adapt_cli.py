@@ -71,6 +71,10 @@ def test_adapt_writes_config_adapter_metrics_and_prints_dev_wer(tmp_path, manife
     meta = read_adapter_meta(out / "adapter")
     assert meta["target_accent"] == "A" and meta["method"] == "lora" and meta["dev_wer"] == result["best_metric"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # written through temp files, yet with the usual permissions (not the temp files' 0600)
+    for path in (out / "adapter", out / "adapter" / "adapter.safetensors", out / "config.yaml",
+                 out / "checkpoints" / "last.pt"):
+        assert path.stat().st_mode & 0o044, path
     model = load_adapter(create_backbone("whisper-tiny-random"), out / "adapter")
     assert model.num_trainable() == run_info["trainable_parameters"]
 

@@ -119,6 +119,16 @@ def test_finetune_top_layers_and_frontend():
         adapt(backbone("whisper"), "finetune", top_n_layers=5)
 
 
+def test_layerdrop_is_reported_for_distributed_training():
+    model = adapt(backbone("wav2vec2"), "lora")
+    assert not model.skips_layers
+    model.backbone.model.config.layerdrop = 0.1
+    assert model.skips_layers  # DDP then looks for parameters without gradient
+    frozen = adapt(backbone("wav2vec2"), "features")
+    frozen.backbone.model.config.layerdrop = 0.1
+    assert not frozen.skips_layers
+
+
 def test_layer_wise_learning_rates():
     model = adapt(backbone("wav2vec2"), "finetune", layer_decay=0.5, freeze_frontend=False)
     groups = model.param_groups(lr=1.0, weight_decay=0.1)

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..config import default_permissions
 from ..errors import SpeechtlError
 
 if TYPE_CHECKING:
@@ -110,9 +111,11 @@ def save_adapter(model: AdaptedModel, directory: str | os.PathLike, **meta: Any)
             for name in adapters.names:
                 adapters.save_peft(name, tmp if name == adapters.active else tmp / name)
         for path in tmp.rglob("*"):
+            default_permissions(path)  # safetensors writes its files 0600
             if path.is_file():
                 with open(path, "rb") as f:
                     os.fsync(f.fileno())
+        default_permissions(tmp)
         _swap_in(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
