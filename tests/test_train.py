@@ -229,7 +229,6 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
 
 
-@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_doubled_batch(tmp_path):
     import torch.multiprocessing as mp
 
