@@ -48,7 +48,7 @@ def transcribe(
     if adapter is not None:
         from .adapters import load_adapter
 
-        load_adapter(backbone, adapter)
+        backbone = load_adapter(backbone, adapter)
     items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray) else list(audio)
     if device is not None:
         backbone.to(device)
