@@ -218,25 +218,15 @@ class ClassifyDataset(Dataset):
 
 
 class ClassifyTask(ClassificationTask):
-    """:class:`~speechtl.tasks.ClassificationTask` for image and text items (``input`` and ``label`` keys).
+    """:class:`~speechtl.tasks.ClassificationTask` over :class:`ClassifyDataset` items (``input``, ``label``).
 
     ``model`` is an :class:`~speechtl.transfer.AdaptedModel` with a classifier head (``adapt(...,
-    labels=[...])``); ``labels`` are its classes in output order.
+    labels=[...])``); ``labels`` are its classes in output order. Batches are ``{"inputs", "lengths",
+    "labels", "ids", ...}`` from the backbone's ``prepare``.
     """
 
     def __init__(self, model: nn.Module, labels: Sequence[str], *, input_key: str = "input", label_key: str = "label"):
-        super().__init__(model, labels, label_key=label_key)
-        self.input_key = input_key
-
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Items to ``{"inputs", "lengths", "labels", "ids"}`` through the backbone's ``prepare``."""
-        inputs, lengths = self.prepare([it[self.input_key] for it in items])
-        try:
-            labels = torch.tensor([self.index[it[self.label_key]] for it in items])
-        except KeyError as e:
-            raise ManifestError(f"label {e.args[0]!r} is not one of the classes {self.labels}") from None
-        return {"inputs": inputs, "lengths": lengths, "labels": labels,
-                "ids": [it.get("id", str(i)) for i, it in enumerate(items)]}
+        super().__init__(model, labels, label_key=label_key, input_key=input_key)
 
 
 # --------------------------------------------------------------------------------------------
