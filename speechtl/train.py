@@ -89,6 +89,8 @@ def setup_distributed(device: str | None = None) -> DistInfo:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
+        if dev.index is None:  # plain "cuda": this process's local GPU
+            dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     return DistInfo(rank, world, dev, owns)
 
