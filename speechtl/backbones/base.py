@@ -39,7 +39,8 @@ class Backbone(Protocol):
     """A pretrained model behind one small surface.
 
     Backbones are ``nn.Module``s: ``.model`` is the wrapped model (a transformers model for
-    the speech families) and ``parameters()`` are its parameters.
+    the speech families) and ``parameters()`` are its parameters. (``model`` is not a protocol
+    member: submodules live in ``_modules``, which ``isinstance`` checks cannot see on 3.12+.)
     """
 
     name: str
@@ -48,7 +49,6 @@ class Backbone(Protocol):
     sample_rate: int | None  # audio backbones only
     hidden_size: int
     num_layers: int
-    model: nn.Module
     processor: Any  # feature extractor + tokenizer (audio), tokenizer (text), transform (image)
     default_adapter_targets: tuple[str, ...]  # module-name suffixes adapters go on by default
 
