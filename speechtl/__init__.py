@@ -31,24 +31,18 @@ _LAZY = {
 __all__ = ["AudioError", "ModelNotFoundError", "SpeechtlError", *_LAZY]
 
 
+# These names are both a submodule and its main function: the submodule itself is callable
+# (see speechtl/_callable.py), so `speechtl.transcribe(...)` and `import speechtl.transcribe as t`
+# both work whichever happens first.
+_CALLABLE_MODULES = {"transcribe", "train", "evaluate"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _CALLABLE_MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'speechtl' has no attribute {name!r}")
 
-
-class _Package(type(importlib)):
-    # `speechtl.transcribe`, `.train` and `.evaluate` name both a submodule and the function
-    # users call. Importing the submodule would rebind the package attribute to the module;
-    # keep the function instead (the submodule stays reachable through sys.modules/imports).
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _LAZY and isinstance(value, type(importlib)):
-            return
-        super().__setattr__(name, value)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _Package

@@ -1149,3 +1149,8 @@ def _markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
     return out
+
+
+from ._callable import callable_module  # noqa: E402
+
+callable_module(__name__, "evaluate")

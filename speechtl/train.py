@@ -560,3 +560,8 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, scaler,
         warnings.warn(f"{path}: saved with {ckpt['world_size']} processes, resuming with {info.world_size}; "
                       "random streams restart", RuntimeWarning, stacklevel=3)
     return {k: ckpt[k] for k in ("step", "epoch", "batch_in_epoch", "best_metric", "best_step", "bad_evals")}
+
+
+from ._callable import callable_module  # noqa: E402
+
+callable_module(__name__, "train")

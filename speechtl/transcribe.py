@@ -70,3 +70,8 @@ def transcribe(
         for i, t in zip(idx, out):
             texts[i] = t
     return texts
+
+
+from ._callable import callable_module  # noqa: E402
+
+callable_module(__name__, "transcribe")
