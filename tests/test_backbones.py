@@ -111,3 +111,12 @@ def test_whisper_labels_mask_the_prompt():
     eot = b.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert tgt[1][tgt[1] != -100].tolist()[-1] == eot
     assert b.tokenizer.decode(tgt[1][tgt[1] != -100].tolist()[:-1]) == " hello there"
+
+
+def test_whisper_trains_on_sentence_case_for_all_caps_transcripts():
+    from speechtl.backbones.whisper import whisper_case
+
+    assert whisper_case("I COULD TAKE  NO MORE") == "I could take no more"
+    assert whisper_case("Please call Stella.") == "Please call Stella."
+    b = speechtl.create_backbone("whisper-tiny-random")
+    assert b.label_ids(["TOM GIVES UP"])[0].tolist() == b.label_ids(["Tom gives up"])[0].tolist()

@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     write_manifest([u for u in utts if u.accent == target and u.split == "dev"], dev_m)
     rc = adapt_main(["--model", args.model, "--train", str(train_m), "--dev", str(dev_m), "--method", "lora",
                      "--out", str(out / "adapter-run"), "--overwrite", f"max_steps={args.max_steps}",
-                     "eval_every=20", "lr=1e-3", "warmup_steps=5", "batch_seconds=40", f"seed={args.seed}"])
+                     "eval_every=20", "lr=3e-4", "warmup_steps=5", "batch_seconds=40", f"seed={args.seed}"])
     if rc:
         return rc
 
