@@ -94,6 +94,7 @@ class DataConfig:
     """Data loading for ``speechtl-adapt``."""
 
     batch_seconds: float = 60.0  # audio per batch (per process)
+    batch_size: int = 32  # images or texts per batch (per process), for classification
     max_clip_seconds: float = 30.0
     short_clips: bool = True  # Whisper: pad to the batch's longest clip, not 30 s
     num_workers: int = 0

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, help="training manifest (JSONL); utterances with split train or none")
     p.add_argument("--dev", help="dev manifest for WER during training (default: the split=dev lines of --train)")
     p.add_argument("--method", choices=METHODS, help="transfer method (or `method:` in --config; default lora)")
+    p.add_argument("--task", choices=("auto", "asr", "classify"), default="auto",
+                   help="auto: speech recognition for speech models, classification for image/text models")
     p.add_argument("--target-accent", help="train and evaluate only on utterances of this accent")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--config", help="YAML config (flat keys, or grouped under adapt/train/data)")
@@ -102,15 +104,8 @@ def _check_resume_config(out: Path, cfg: RunConfig) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
     from ..backbones import create_backbone
-    from ..data.loader import AudioDataset, DurationBatchSampler, durations_of
-    from ..data.manifest import read_manifest
-    from ..specaug import SpecAugment
-    from ..tasks import ClassificationTask, asr_dev_fn, classification_dev_fn, task_for
     from ..train import seed_everything, train
-    from ..transfer import adapt
 
     fixed = {"method": args.method} if args.method else {}
     cfg = load_config(args.config, args.overrides, **fixed)
@@ -119,6 +114,54 @@ def _run(args: argparse.Namespace) -> int:
     _prepare_out(out, overwrite=args.overwrite, resume=args.resume, is_main=rank == 0)
     if args.resume:
         _check_resume_config(out, cfg)
+
+    seed_everything(cfg.train.seed)
+    backbone = create_backbone(args.model)
+    classify = args.task == "classify" or (args.task == "auto" and backbone.modality != "audio")
+    setup = _classify_setup if classify else _asr_setup
+    model, task, loader, dev_fn, train_cfg, info = setup(args, cfg, backbone, world, rank)
+
+    if rank == 0 and not args.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+        run_info = {
+            "model": args.model, "train": args.train, "dev": args.dev, "target_accent": args.target_accent,
+            **info, "world_size": world, "summary": model.summary(),
+            "trainable_parameters": model.num_trainable(), "total_parameters": model.num_parameters(),
+        }
+        atomic_write_text(out / "run.json", json.dumps(run_info, indent=2) + "\n")
+
+    # -- train ---------------------------------------------------------------------------------------
+    result = train(model, task, loader, dev_fn=dev_fn, config=train_cfg, out_dir=out, resume=args.resume)
+    if rank != 0:
+        return 0
+    meta = {"target_accent": args.target_accent, "train_manifest": args.train, "steps": result.steps,
+            "dev_" + train_cfg.metric: result.best_metric}
+    model.save_adapter(out / "adapter", **meta)
+    summary = {"steps": result.steps, "epoch": result.epoch, "stopped_early": result.stopped_early,
+               "best_step": result.best_step, "metric": train_cfg.metric, "best_metric": result.best_metric,
+               "last_eval": result.last_eval, "adapter": str(out / "adapter")}
+    atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
+    if result.best_metric is None:
+        print(f"trained {result.steps} steps; adapter in {out / 'adapter'} (no dev set, no WER)")
+    elif train_cfg.metric in ("wer", "cer", "error"):
+        print(f"final dev {train_cfg.metric.upper()}: {100 * result.best_metric:.2f}% "
+              f"(best at step {result.best_step} of {result.steps}); adapter in {out / 'adapter'}")
+    else:
+        print(f"final dev {train_cfg.metric}: {result.best_metric:.4g} (best at step {result.best_step}); "
+              f"adapter in {out / 'adapter'}")
+    return 0
+
+
+def _asr_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, rank: int):
+    """Speech: manifests of utterances, duration-capped batches, CTC or seq2seq ASR task."""
+    from torch.utils.data import DataLoader
+
+    from ..data.loader import AudioDataset, DurationBatchSampler, durations_of
+    from ..data.manifest import read_manifest
+    from ..specaug import SpecAugment
+    from ..tasks import ClassificationTask, asr_dev_fn, classification_dev_fn, task_for
+    from ..transfer import adapt
 
     # -- data --------------------------------------------------------------------------------------
     train_all = read_manifest(args.train)
@@ -139,8 +182,6 @@ def _run(args: argparse.Namespace) -> int:
             raise SpeechtlError("every training clip is longer than max_clip_seconds; raise it")
 
     # -- model -------------------------------------------------------------------------------------
-    seed_everything(cfg.train.seed)
-    backbone = create_backbone(args.model)
     if hasattr(backbone, "short_clips"):
         backbone.short_clips = cfg.data.short_clips
     model = adapt(backbone, **dataclasses.asdict(cfg.adapt))
@@ -169,38 +210,43 @@ def _run(args: argparse.Namespace) -> int:
                   else asr_dev_fn(task, dev_loader, normalizer=d.normalizer, beam_size=d.beam_size))
     elif rank == 0:
         print("no dev utterances: training without evaluation (the last weights are kept)", file=sys.stderr)
+    info = {"train_utterances": len(train_utts), "train_hours": round(sum(durations) / 3600, 4),
+            "dev_utterances": len(dev_utts)}
+    return model, task, loader, dev_fn, train_cfg, info
 
-    if rank == 0 and not args.resume:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.yaml")
-        run_info = {
-            "model": args.model, "train": args.train, "dev": args.dev, "target_accent": args.target_accent,
-            "train_utterances": len(train_utts), "train_hours": round(sum(durations) / 3600, 4),
-            "dev_utterances": len(dev_utts), "world_size": world, "summary": model.summary(),
-            "trainable_parameters": model.num_trainable(), "total_parameters": model.num_parameters(),
-        }
-        atomic_write_text(out / "run.json", json.dumps(run_info, indent=2) + "\n")
 
-    # -- train ---------------------------------------------------------------------------------------
-    result = train(model, task, loader, dev_fn=dev_fn, config=train_cfg, out_dir=out, resume=args.resume)
-    if rank != 0:
-        return 0
-    meta = {"target_accent": args.target_accent, "train_manifest": args.train, "steps": result.steps,
-            "dev_" + train_cfg.metric: result.best_metric}
-    model.save_adapter(out / "adapter", **meta)
-    summary = {"steps": result.steps, "epoch": result.epoch, "stopped_early": result.stopped_early,
-               "best_step": result.best_step, "metric": train_cfg.metric, "best_metric": result.best_metric,
-               "last_eval": result.last_eval, "adapter": str(out / "adapter")}
-    atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
-    if result.best_metric is None:
-        print(f"trained {result.steps} steps; adapter in {out / 'adapter'} (no dev set, no WER)")
-    elif train_cfg.metric in ("wer", "cer", "error"):
-        print(f"final dev {train_cfg.metric.upper()}: {100 * result.best_metric:.2f}% "
-              f"(best at step {result.best_step} of {result.steps}); adapter in {out / 'adapter'}")
-    else:
-        print(f"final dev {train_cfg.metric}: {result.best_metric:.4g} (best at step {result.best_step}); "
-              f"adapter in {out / 'adapter'}")
-    return 0
+def _classify_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, rank: int):
+    """Images or texts: ``path,label`` / ``text,label`` manifests, fixed-size batches, classifier head."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from ..data.classify import (ClassifyDataset, ClassifyTask, classify_dev_fn, label_set, read_classify_manifest,
+                                 split_examples)
+    from ..transfer import adapt
+
+    train_all, kind = read_classify_manifest(args.train)
+    train_ex = [e for e in train_all if e.split in (None, "train")]
+    dev_ex = (read_classify_manifest(args.dev, kind)[0] if args.dev else split_examples(train_all, "dev"))
+    if not train_ex:
+        raise SpeechtlError(f"{args.train}: no training examples (split train or none)")
+    labels = label_set(train_ex)
+    model = adapt(backbone, **{**dataclasses.asdict(cfg.adapt), "labels": labels})
+    if rank == 0:
+        print(model.summary(), file=sys.stderr)
+    task = ClassifyTask(model, labels)
+    train_cfg = cfg.train if cfg.train.metric != "wer" else dataclasses.replace(cfg.train, metric="error")
+    dataset = ClassifyDataset(train_ex, kind, cache=True)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=cfg.train.seed) if world > 1 else None
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=sampler is None, sampler=sampler,
+                        collate_fn=task.collate, num_workers=cfg.data.num_workers)
+    dev_fn = None
+    if dev_ex:
+        dev_loader = DataLoader(ClassifyDataset(dev_ex, kind, cache=True), batch_size=cfg.data.batch_size,
+                                collate_fn=task.collate)
+        dev_fn = classify_dev_fn(task, dev_loader)
+    info = {"task": "classify", "kind": kind, "labels": labels, "train_examples": len(train_ex),
+            "dev_examples": len(dev_ex)}
+    return model, task, loader, dev_fn, train_cfg, info
 
 
 def main(argv: list[str] | None = None) -> int:
