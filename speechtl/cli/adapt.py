@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
                "last_eval": result.last_eval, "adapter": str(out / "adapter")}
     atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
     if result.best_metric is None:
-        print(f"trained {result.steps} steps; adapter in {out / 'adapter'} (no dev set, no WER)")
+        print(f"trained {result.steps} steps; adapter in {out / 'adapter'} (no dev set: nothing evaluated)")
     elif train_cfg.metric in ("wer", "cer", "error"):
         print(f"final dev {train_cfg.metric.upper()}: {100 * result.best_metric:.2f}% "
               f"(best at step {result.best_step} of {result.steps}); adapter in {out / 'adapter'}")
