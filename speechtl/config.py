@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import SpeechtlError
+from .fileio import atomic_write_text, default_permissions  # noqa: F401  (re-exported)
 
 Method = Literal["features", "finetune", "lora", "dora", "ia3", "bottleneck"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
@@ -357,27 +357,3 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     return obj
-
-
-def default_permissions(path: str | os.PathLike) -> None:
-    """Give a temp file (0600) or folder (0700) the permissions a plain ``open``/``mkdir`` would have."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        default_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -36,7 +36,6 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
 import warnings
 import zlib
 from collections import Counter, defaultdict
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from .data.manifest import Utterance, read_manifest
+from .fileio import atomic_write_text
 from .errors import SpeechtlError
 from .wer import Normalizer, PairScore, get_normalizer, score_pairs, top_confusions, top_words
 
@@ -1079,16 +1079,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+_atomic_write = atomic_write_text
 
 
 def _pct(x: float | None) -> str:

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from torch.utils.data import Dataset
 
 from ..tasks import ClassificationTask
 from .manifest import ManifestError
+from ..fileio import atomic_write_text
 
 Kind = Literal["image", "text"]
 _INPUT_KEY: dict[str, str] = {"image": "path", "text": "text"}
@@ -139,15 +139,7 @@ def write_classify_manifest(examples: Iterable[ClassifyExample], path: str | os.
             obj["split"] = ex.split
         obj.update({k: v for k, v in ex.extra.items() if k not in obj})
         lines.append(json.dumps(obj, ensure_ascii=False))
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, folder / p.name)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(folder / p.name, "".join(line + "\n" for line in lines))
 
 
 def label_set(examples: Iterable[ClassifyExample]) -> list[str]:

@@ -20,7 +20,6 @@ import math
 import os
 import random
 import re
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpeechtlError
+from ..fileio import atomic_write_text
 
 SPLITS = ("train", "dev", "test", "test_heldout")
 REQUIRED = ("id", "audio", "text", "speaker", "accent")
@@ -154,15 +154,7 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike) -> None:
             raise ManifestError(f"{p}: utterance id {u.id!r} appears twice; ids in a manifest must be unique")
         seen.add(u.id)
         lines.append(json.dumps(u.to_json(folder), ensure_ascii=False))
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, folder / p.name)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(folder / p.name, "".join(line + "\n" for line in lines))
 
 
 def filter_manifest(
