@@ -105,6 +105,12 @@ class DataConfig:
     specaug_time_width: int = 40  # frames (100/s for Whisper log-mel, ~50/s for wav2vec2 features)
     beam_size: int = 1  # dev decoding
     normalizer: Literal["whisper", "basic", "none"] = "whisper"
+    # Forgetting control (speechtl.replay): a manifest of source/native speech whose train (or
+    # unsplit) lines are mixed into the batches and whose dev lines measure forgetting at each evaluation.
+    replay_manifest: str | None = None
+    replay_fraction: float = 0.0  # share of each batch's utterances drawn from the replay lines
+    distill_weight: float = 0.0  # weight of KL(base || adapted) on the replay utterances
+    distill_temperature: float = 1.0
 
 
 SECTIONS: dict[str, type] = {"adapt": AdaptConfig, "train": TrainConfig, "data": DataConfig}

@@ -149,6 +149,10 @@ class Wav2Vec2Backbone(nn.Module):
     def loss(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """CTC loss, averaged over target lengths then batch (``reduction="mean"``)."""
         logits, frames = self.logits(inputs, lengths)
+        return self.loss_from_logits(logits, frames, texts)
+
+    def loss_from_logits(self, logits: torch.Tensor, frames: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """:meth:`loss` from :meth:`logits`' output (so one forward pass can serve other terms too)."""
         targets = [torch.tensor(self.text_to_ids(t), dtype=torch.long) for t in texts]
         target_lengths = torch.tensor([len(t) for t in targets])
         if (target_lengths == 0).any():

@@ -172,7 +172,12 @@ class WhisperBackbone(nn.Module):
     def loss(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Mean token cross-entropy of the transcripts given the audio (teacher forcing)."""
         logits, tgt = self.logits(inputs, lengths, texts)
-        return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100)
+        return self.loss_from_logits(logits, tgt)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss` from :meth:`logits`' output (so one forward pass can serve other terms too)."""
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
     def logits(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder logits ``(batch, tokens, vocab)`` under teacher forcing, and their targets."""

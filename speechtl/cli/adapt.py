@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, help="training manifest (JSONL); utterances with split train or none")
     p.add_argument("--dev", help="dev manifest for WER during training (default: the split=dev lines of --train)")
     p.add_argument("--method", choices=METHODS, help="transfer method (or `method:` in --config; default lora)")
-    p.add_argument("--task", choices=("auto", "asr", "classify"), default="auto",
-                   help="auto: speech recognition for speech models, classification for image/text models")
+    p.add_argument("--task", choices=("auto", "asr", "classify", "accent-id"), default="auto",
+                   help="auto: speech recognition for speech models, classification for image/text models; "
+                        "accent-id: a classifier of the manifest's accent field on the frozen speech encoder "
+                        "(default method features, weighted_layers=true)")
     p.add_argument("--target-accent", help="train and evaluate only on utterances of this accent")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--config", help="YAML config (flat keys, or grouped under adapt/train/data)")
@@ -109,6 +111,8 @@ def _run(args: argparse.Namespace) -> int:
 
     fixed = {"method": args.method} if args.method else {}
     cfg = load_config(args.config, args.overrides, **fixed)
+    if args.task == "accent-id":
+        cfg = _accent_id_defaults(args, cfg)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(args.out)
     _prepare_out(out, overwrite=args.overwrite, resume=args.resume, is_main=rank == 0)
@@ -118,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     seed_everything(cfg.train.seed)
     backbone = create_backbone(args.model)
     classify = args.task == "classify" or (args.task == "auto" and backbone.modality != "audio")
-    setup = _classify_setup if classify else _asr_setup
+    setup = _accent_id_setup if args.task == "accent-id" else _classify_setup if classify else _asr_setup
     model, task, loader, dev_fn, train_cfg, info = setup(args, cfg, backbone, world, rank)
 
     if rank == 0 and not args.resume:
@@ -142,6 +146,8 @@ def _run(args: argparse.Namespace) -> int:
                "best_step": result.best_step, "metric": train_cfg.metric, "best_metric": result.best_metric,
                "last_eval": result.last_eval, "adapter": str(out / "adapter")}
     atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
+    if args.task == "accent-id":
+        _accent_id_report(args, model, out)
     if result.best_metric is None:
         print(f"trained {result.steps} steps; adapter in {out / 'adapter'} (no dev set: nothing evaluated)")
     elif train_cfg.metric in ("wer", "cer", "error"):
@@ -196,23 +202,67 @@ def _asr_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, r
         train_cfg = dataclasses.replace(train_cfg, metric="error")
 
     rate = backbone.sample_rate
-    sampler = DurationBatchSampler(durations, d.batch_seconds, shuffle=True, seed=cfg.train.seed,
-                                   num_replicas=world, rank=rank)
-    loader = DataLoader(AudioDataset(train_utts, rate, seed=cfg.train.seed), batch_sampler=sampler,
-                        collate_fn=task.collate, num_workers=d.num_workers)
+    replay_train, replay_dev = _replay_utterances(d, isinstance(task, ClassificationTask))
+    train_data = AudioDataset(train_utts, rate, seed=cfg.train.seed)
+    if replay_train:
+        from ..replay import ReplayBatchSampler, ReplayDataset, ReplayTask
+
+        # The target share of the batch keeps (1 - fraction) of batch_seconds; replay fills the rest.
+        inner = DurationBatchSampler(durations, d.batch_seconds * (1 - d.replay_fraction), shuffle=True,
+                                     seed=cfg.train.seed, num_replicas=world, rank=rank)
+        sampler = ReplayBatchSampler(inner, len(train_utts), len(replay_train), d.replay_fraction,
+                                     seed=cfg.train.seed, rank=rank)
+        train_data = ReplayDataset(train_data, AudioDataset(replay_train, rate, seed=cfg.train.seed))
+        task = ReplayTask(task, model, distill_weight=d.distill_weight, temperature=d.distill_temperature)
+    else:
+        sampler = DurationBatchSampler(durations, d.batch_seconds, shuffle=True, seed=cfg.train.seed,
+                                       num_replicas=world, rank=rank)
+    loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=task.collate, num_workers=d.num_workers)
+
+    def dev_loader(utts):
+        return DataLoader(AudioDataset(utts, rate),
+                          batch_sampler=DurationBatchSampler(durations_of(utts), d.batch_seconds, shuffle=False),
+                          collate_fn=task.collate, num_workers=d.num_workers)
+
     dev_fn = None
     if dev_utts:
-        dev_loader = DataLoader(AudioDataset(dev_utts, rate),
-                                batch_sampler=DurationBatchSampler(durations_of(dev_utts), d.batch_seconds,
-                                                                   shuffle=False),
-                                collate_fn=task.collate, num_workers=d.num_workers)
-        dev_fn = (classification_dev_fn(task, dev_loader) if isinstance(task, ClassificationTask)
-                  else asr_dev_fn(task, dev_loader, normalizer=d.normalizer, beam_size=d.beam_size))
+        dev_fn = (classification_dev_fn(task, dev_loader(dev_utts)) if isinstance(task, ClassificationTask)
+                  else asr_dev_fn(task, dev_loader(dev_utts), normalizer=d.normalizer, beam_size=d.beam_size))
     elif rank == 0:
         print("no dev utterances: training without evaluation (the last weights are kept)", file=sys.stderr)
+    if replay_dev and rank == 0:
+        from ..replay import forgetting_dev_fn
+
+        source_fn = asr_dev_fn(task, dev_loader(replay_dev), normalizer=d.normalizer, beam_size=d.beam_size)
+        dev_fn = forgetting_dev_fn(dev_fn, source_fn, model)
     info = {"train_utterances": len(train_utts), "train_hours": round(sum(durations) / 3600, 4),
-            "dev_utterances": len(dev_utts)}
+            "dev_utterances": len(dev_utts), "replay_utterances": len(replay_train),
+            "replay_dev_utterances": len(replay_dev)}
     return model, task, loader, dev_fn, train_cfg, info
+
+
+def _replay_utterances(d, classification: bool) -> tuple[list, list]:
+    """``replay_manifest``'s (train-or-unsplit, dev) utterances, checked against the replay settings."""
+    from ..data.manifest import read_manifest
+
+    if d.replay_manifest is None:
+        if d.replay_fraction > 0 or d.distill_weight > 0:
+            raise SpeechtlError("replay_fraction and distill_weight need replay_manifest=PATH (native/source speech)")
+        return [], []
+    if classification:
+        raise SpeechtlError("replay_manifest applies to speech recognition, not classification")
+    utts = read_manifest(d.replay_manifest)
+    train = [u for u in utts if u.split in (None, "train")] if d.replay_fraction > 0 else []
+    dev = [u for u in utts if u.split == "dev"]
+    if d.replay_fraction > 0 and not train:
+        raise SpeechtlError(f"{d.replay_manifest}: no train (or unsplit) lines to replay; "
+                            "add some or set replay_fraction=0")
+    if d.distill_weight > 0 and not train:
+        raise SpeechtlError("distill_weight works on the replay utterances: set replay_fraction > 0 too")
+    if not train and not dev:
+        raise SpeechtlError(f"{d.replay_manifest}: no train or dev lines; nothing to replay or to measure "
+                            "forgetting on")
+    return train, dev
 
 
 def _classify_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, rank: int):
@@ -247,6 +297,109 @@ def _classify_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: i
     info = {"task": "classify", "kind": kind, "labels": labels, "train_examples": len(train_ex),
             "dev_examples": len(dev_ex)}
     return model, task, loader, dev_fn, train_cfg, info
+
+
+def _accent_id_defaults(args: argparse.Namespace, cfg: RunConfig) -> RunConfig:
+    """Accent identification trains a head on the frozen encoder's weighted layers unless the user said otherwise."""
+    from ..config import _flatten_yaml, parse_overrides
+
+    given = set(parse_overrides(args.overrides))
+    if args.config:
+        given |= set(_flatten_yaml(yaml.safe_load(Path(args.config).read_text()), args.config))
+    changes = {}
+    if args.method is None and "method" not in given:
+        changes["method"] = "features"
+    if "weighted_layers" not in given:
+        changes["weighted_layers"] = True
+    if "head" not in given:
+        changes["head"] = "classifier"
+    return dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, **changes))
+
+
+def _accent_id_utterances(args: argparse.Namespace):
+    from ..data.manifest import read_manifest
+
+    train_all = read_manifest(args.train)
+    train_utts = _select(train_all, splits=(None, "train"), accent=None, where=args.train)
+    if args.dev:
+        dev_utts = _select(read_manifest(args.dev), splits=(None, "dev"), accent=None, where=args.dev)
+    else:
+        dev_utts = _select(train_all, splits=("dev",), accent=None, where=f"{args.train} (split=dev)")
+    return train_utts, dev_utts
+
+
+def _accent_id_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, rank: int):
+    """Speech: a classifier of the manifests' ``accent`` field; the label set is the training accents."""
+    from torch.utils.data import DataLoader
+
+    from ..data.loader import AudioDataset, DurationBatchSampler, durations_of
+    from ..tasks import ClassificationTask, classification_dev_fn
+    from ..transfer import adapt
+
+    if backbone.modality != "audio":
+        raise SpeechtlError(f"--task accent-id needs a speech model; {args.model} is a {backbone.modality} model")
+    if args.target_accent is not None:
+        raise SpeechtlError("--target-accent selects one accent, but --task accent-id learns to tell accents apart; "
+                            "leave it out")
+    train_utts, dev_utts = _accent_id_utterances(args)
+    if not train_utts:
+        raise SpeechtlError(f"{args.train}: no training utterances (split train or none)")
+    labels = sorted({u.accent for u in train_utts})
+    if len(labels) < 2:
+        raise SpeechtlError(f"{args.train}: accent identification needs at least two accents in the training "
+                            f"utterances, found {labels}")
+    unseen = sorted({u.accent for u in dev_utts} - set(labels))
+    if unseen:
+        raise SpeechtlError(f"{args.dev or args.train}: dev accent(s) {', '.join(unseen)} do not occur in the "
+                            f"training utterances ({', '.join(labels)}); a classifier cannot predict them")
+    durations = durations_of(train_utts)
+    keep = [i for i, d in enumerate(durations) if d <= cfg.data.max_clip_seconds]
+    if len(keep) < len(train_utts):
+        warnings.warn(f"{len(train_utts) - len(keep)} training clips are longer than max_clip_seconds="
+                      f"{cfg.data.max_clip_seconds:g} and are left out", stacklevel=1)
+        train_utts, durations = [train_utts[i] for i in keep], [durations[i] for i in keep]
+    if hasattr(backbone, "short_clips"):
+        # The head mean-pools over valid frames: pad each batch to its longest clip, not to 30 s.
+        backbone.short_clips = True
+    model = adapt(backbone, **{**dataclasses.asdict(cfg.adapt), "labels": labels})
+    if rank == 0:
+        print(model.summary(), file=sys.stderr)
+    d = cfg.data
+    task = ClassificationTask(model, labels, label_key="accent")
+    train_cfg = cfg.train if cfg.train.metric != "wer" else dataclasses.replace(cfg.train, metric="error")
+    rate = backbone.sample_rate
+    sampler = DurationBatchSampler(durations, d.batch_seconds, shuffle=True, seed=cfg.train.seed,
+                                   num_replicas=world, rank=rank)
+    loader = DataLoader(AudioDataset(train_utts, rate, seed=cfg.train.seed), batch_sampler=sampler,
+                        collate_fn=task.collate, num_workers=d.num_workers)
+    dev_fn = None
+    if dev_utts:
+        dev_loader = DataLoader(AudioDataset(dev_utts, rate),
+                                batch_sampler=DurationBatchSampler(durations_of(dev_utts), d.batch_seconds,
+                                                                   shuffle=False),
+                                collate_fn=task.collate, num_workers=d.num_workers)
+        dev_fn = classification_dev_fn(task, dev_loader)
+    elif rank == 0:
+        print("no dev utterances: training without evaluation (the last weights are kept)", file=sys.stderr)
+    counts = {a: sum(u.accent == a for u in train_utts) for a in labels}
+    info = {"task": "accent-id", "labels": labels, "train_utterances": len(train_utts),
+            "train_per_accent": counts, "train_hours": round(sum(durations) / 3600, 4),
+            "dev_utterances": len(dev_utts)}
+    return model, task, loader, dev_fn, train_cfg, info
+
+
+def _accent_id_report(args: argparse.Namespace, model, out: Path) -> None:
+    """Score the trained classifier on the dev utterances: print and save accuracy, recall and confusions."""
+    from ..routing import AccentClassifier, evaluate_accent_id
+
+    _, dev_utts = _accent_id_utterances(args)
+    if not dev_utts:
+        return
+    report = evaluate_accent_id(AccentClassifier.from_model(model), dev_utts)
+    report.meta.update({"manifest": args.dev or f"{args.train} (split=dev)", "adapter": str(out / "adapter")})
+    report.save(out / "accent_id.json")
+    print(report.format_table())
+    print(f"accent-id scores: {out / 'accent_id.json'}")
 
 
 def main(argv: list[str] | None = None) -> int:
