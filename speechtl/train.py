@@ -8,9 +8,11 @@ checkpoints) and the end of training.
 
 Checkpoints (``out_dir/checkpoints/last.pt`` and ``best.pt``) hold only the trainable parameters
 plus optimizer, schedule, loss-scaler, every rank's RNG states and the data position (epoch and
-batches consumed), written atomically (temp file, fsync, rename). Resuming from ``last.pt``
-continues exactly where the run stopped, given a sampler whose order depends only on the epoch
-(``set_epoch``), as :class:`speechtl.data.loader.DurationBatchSampler` and
+batches consumed), written atomically (temp file, fsync, read back against its sha256, rename). The
+one before stays as ``last.prev.pt``/``best.prev.pt`` and ``checksums.json`` lists the digest of each,
+so a resume after a crash that tore or corrupted ``last.pt`` warns once and uses ``last.prev.pt``.
+Resuming continues exactly where the run stopped, given a sampler whose order depends only on the
+epoch (``set_epoch``), as :class:`speechtl.data.loader.DurationBatchSampler` and
 ``DistributedSampler`` do.
 
 Distributed data parallel runs under ``torchrun`` (detected from ``RANK``/``WORLD_SIZE``; gloo on
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -43,6 +46,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig, default_permissions
 from .errors import SpeechtlError
+from .fileio import atomic_write_text
 
 CHECKPOINT_VERSION = 1
 
@@ -200,7 +204,11 @@ def _iterate_from(loader: Iterable, skip: int) -> Iterator:
             persistent_workers=False,
             **({"prefetch_factor": loader.prefetch_factor} if loader.num_workers > 0 else {}),
         )
-        return iter(resumed)
+        # A DataLoader iterator draws its base seed from the global torch generator. The uninterrupted
+        # run drew it at the start of this epoch, before the checkpoint; drawing again here would shift
+        # every later random number (dropout, augmentation) of the resumed run.
+        with torch.random.fork_rng(devices=[]):
+            return iter(resumed)
     it = iter(loader)
     for _ in range(skip):  # any other iterable: read and drop what was already used
         next(it)
@@ -250,25 +258,152 @@ def _mean_over_ranks(value: float, info: DistInfo) -> float:
     return float(t.item()) / info.world_size
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+CHECKSUMS = "checksums.json"
+_PENDING = "pending"  # the digest of a checkpoint being put in place (see _atomic_torch_save)
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts the bytes going through it."""
+
+    def __init__(self, f: Any):
+        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders; renames stay atomic
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_checksums(ckpt_dir: Path) -> dict[str, Any] | None:
+    """``checkpoints/checksums.json``: ``{file name or "pending": {"sha256", "size", "step"}}``; None if absent."""
+    path = ckpt_dir / CHECKSUMS
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return dict(record["files"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        # Written atomically, so this is outside damage; every checkpoint then fails its check and
+        # resuming stops with a message rather than trusting unverified files.
+        return {}
+
+
+def _write_checksums(ckpt_dir: Path, files: dict[str, Any]) -> None:
+    atomic_write_text(ckpt_dir / CHECKSUMS, json.dumps({"version": CHECKPOINT_VERSION, "files": files}, indent=1)
+                      + "\n")
+
+
+def _atomic_torch_save(obj: Any, path: Path, step: int | None = None) -> None:
+    """Save ``obj`` to ``path`` so that a crash at any moment leaves a verifiable checkpoint behind.
+
+    The new file is written beside ``path`` (temp file, fsync), read back and compared with the
+    sha256 of what was written; only then does the old ``path`` become ``<name>.prev.pt`` (a hard
+    link, so ``path`` never disappears) and the new file take its name. ``checksums.json`` lists
+    the digest of every checkpoint on disk, and of the incoming one before it is renamed, so
+    :func:`_verified_checkpoint` can tell a complete file from a torn or corrupt one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    prev = path.with_name(path.stem + ".prev" + path.suffix)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    link_tmp = None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            writer = _HashingWriter(f)
+            torch.save(obj, writer)
             f.flush()
             os.fsync(f.fileno())
+        entry = {"sha256": writer.sha256.hexdigest(), "size": writer.size, "step": step}
+        if _sha256_file(Path(tmp)) != (entry["sha256"], entry["size"]):
+            raise SpeechtlError(f"{path}: the checkpoint read back differs from what was written; check the disk")
         default_permissions(tmp)
+        files = _read_checksums(path.parent) or {}
+        files[_PENDING] = entry
+        _write_checksums(path.parent, files)
+        if path.exists():
+            link_tmp = f"{tmp}.prev"
+            try:
+                os.link(path, link_tmp)
+                os.replace(link_tmp, prev)
+            except OSError:  # no hard links here: the old file moves aside, leaving a moment without `path`
+                os.replace(path, prev)
+            link_tmp = None
+            if path.name in files:
+                files[prev.name] = files[path.name]
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _fsync_dir(path.parent)
+        files[path.name] = files.pop(_PENDING)
+        _write_checksums(path.parent, files)
+    except BaseException as e:
+        for leftover in (tmp, link_tmp):
+            if leftover is not None and os.path.exists(leftover):
+                os.unlink(leftover)
+        if isinstance(e, OSError):  # disk full, quota, permissions: the user's to fix, the old checkpoint stays
+            raise SpeechtlError(f"{path}: cannot write the checkpoint ({e.strerror or e}); free disk space or "
+                                "choose another output folder, then resume") from e
         raise
+
+
+def _remove_stale_temp_files(ckpt_dir: Path) -> None:
+    """Temp files of a run that was killed while saving (``.last.pt.*.tmp`` and the like)."""
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.glob(".*.tmp*"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _verified_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
+    """Load ``path`` (``checkpoints/<name>.pt``) or, when it is missing, torn or corrupt, ``<name>.prev.pt``.
+
+    A file counts when its size and sha256 are listed in ``checksums.json`` (checkpoints written
+    before checksums existed are only loaded) and ``torch.load(weights_only=True)`` reads it.
+    Falling back prints one warning; if neither file is intact it is a :class:`SpeechtlError`.
+    """
+    ckpt_dir = path.parent
+    prev = path.with_name(path.stem + ".prev" + path.suffix)
+    files = _read_checksums(ckpt_dir)
+    known = None if files is None else {(e.get("sha256"), e.get("size")) for e in files.values() if isinstance(e, dict)}
+    problems: list[str] = []
+    for candidate in (path, prev):
+        if not candidate.is_file():
+            problems.append(f"{candidate.name} is missing")
+            continue
+        if known is not None and _sha256_file(candidate) not in known:
+            problems.append(f"{candidate.name} does not match its sha256 in {CHECKSUMS} (torn write or corruption)")
+            continue
+        try:
+            ckpt = torch.load(candidate, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, unpickling refused, ...: all mean the file is unusable
+            problems.append(f"{candidate.name} cannot be read ({str(e).strip().splitlines()[0][:120]})")
+            continue
+        if candidate != path:
+            warnings.warn(f"{path}: {problems[0]}; using {candidate.name} (step {ckpt.get('step')}) instead",
+                          RuntimeWarning, stacklevel=3)
+        return ckpt, candidate
+    if not path.is_file() and not prev.is_file():
+        raise SpeechtlError(f"{path}: no checkpoint to resume from; run without resume")
+    raise SpeechtlError(f"{path}: no intact checkpoint to resume from ({'; '.join(problems)}); "
+                        "start the run again without resume")
 
 
 class MetricsLog:
@@ -281,9 +416,9 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         if keep_until_step is not None and path.exists():
             # Resuming: drop records written after the checkpoint, they are about to be redone.
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= keep_until_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if _record_step(line) <= keep_until_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif keep_until_step is None and path.exists():
             path.unlink()
 
@@ -291,6 +426,14 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics line; a torn line (the process was killed while writing it) sorts last."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return math.inf
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,7 +538,7 @@ def train(
                 "rng": states,
                 "world_size": info.world_size,
                 "config": dataclasses.asdict(cfg),
-            }, ckpt_dir / f"{name}.pt")
+            }, ckpt_dir / f"{name}.pt", step=pos["step"])
         if info.world_size > 1:
             dist.barrier()
 
@@ -523,7 +666,7 @@ def train(
 
     # -- the end: keep the best weights -----------------------------------------------------------
     if cfg.load_best_at_end and pos["best_step"] is not None and pos["best_step"] != pos["step"]:
-        _load_trainable(torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)["trainable"], model)
+        _load_trainable(_verified_checkpoint(ckpt_dir / "best.pt")[0]["trainable"], model)
     log.write({"step": pos["step"], "event": "end", "best_metric": pos["best_metric"], "best_step": pos["best_step"],
                "stopped_early": stopped_early})
     if info.owns_group:
@@ -545,9 +688,9 @@ def _load_trainable(state: dict[str, torch.Tensor], model: nn.Module) -> None:
 
 
 def _load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, scaler, info: DistInfo) -> dict[str, Any]:
-    if not path.is_file():
-        raise SpeechtlError(f"{path}: no checkpoint to resume from; run without resume")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if info.is_main:
+        _remove_stale_temp_files(path.parent)
+    ckpt, path = _verified_checkpoint(path)
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise SpeechtlError(f"{path}: checkpoint version {ckpt.get('version')} is not {CHECKPOINT_VERSION}")
     _load_trainable(ckpt["trainable"], model)

@@ -117,8 +117,11 @@ def save_adapter(model: AdaptedModel, directory: str | os.PathLike, **meta: Any)
                     os.fsync(f.fileno())
         default_permissions(tmp)
         _swap_in(tmp, directory)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # disk full, quota, permissions: nothing half-written is left
+            raise SpeechtlError(f"{directory}: cannot write the adapter ({e.strerror or e}); free disk space or "
+                                "choose another folder") from e
         raise
     return directory
 

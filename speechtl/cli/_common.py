@@ -1,36 +1,56 @@
-"""What every command-line tool shares: one-line errors, exit codes, ``--debug``."""
+"""What every command-line tool shares: one-line errors and warnings, exit codes, ``--debug``."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from ..errors import SpeechtlError
 
 EXIT_USAGE = 2
+# OSErrors the user fixes (space, quota, permissions, a read-only disk), not bugs: one line, no traceback.
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run ``main(args)``.
 
     A :class:`SpeechtlError` (bad input the user can fix) becomes one ``error: ...`` line on
-    stderr and exit status 2; with ``--debug`` (or ``SPEECHTL_DEBUG=1``) it is re-raised with
-    its traceback. Ctrl-C exits 130 without a traceback.
+    stderr and exit status 2, and so does an ``OSError`` of a full disk, a quota, a read-only
+    filesystem or missing permissions; with ``--debug`` (or ``SPEECHTL_DEBUG=1``) they are
+    re-raised with their traceback. Warnings print as one ``warning: ...`` line each (with
+    ``--debug`` in Python's usual form). Ctrl-C exits 130 without a traceback.
     """
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("SPEECHTL_DEBUG") == "1"
     try:
-        return int(main(args) or 0)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _one_line_warning
+            return int(main(args) or 0)
     except SpeechtlError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        if debug or e.errno not in _USER_OS_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; free some disk space or fix the permissions, "
+              "or choose another output path", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
