@@ -104,6 +104,9 @@ class DataConfig:
     specaug_time_masks: int = 2
     specaug_time_width: int = 40  # frames (100/s for Whisper log-mel, ~50/s for wav2vec2 features)
     beam_size: int = 1  # dev decoding
+    # Whisper dev decoding pads to 30 s like inference by default; short clips decode faster but the
+    # pretrained model hallucinates on them, so dev WER would not show what users get.
+    dev_short_clips: bool = False
     normalizer: Literal["whisper", "basic", "none"] = "whisper"
     # Forgetting control (speechtl.replay): a manifest of source/native speech whose train (or
     # unsplit) lines are mixed into the batches and whose dev lines measure forgetting at each evaluation.

@@ -141,8 +141,8 @@ class ReplayTask:
             raise AttributeError(name)
         return getattr(task, name)
 
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.task.collate(items)
+    def collate(self, items: list[dict[str, Any]], **prepare_kwargs: Any) -> dict[str, Any]:
+        batch = self.task.collate(items, **prepare_kwargs)
         batch["replay"] = torch.tensor([bool(it.get("replay", False)) for it in items])
         return batch
 

@@ -42,9 +42,11 @@ class _BackboneTask:
         self.specaug = specaug
         self.input_key = input_key
 
-    def collate(self, items: list[dict[str, Any]]) -> Batch:
-        """Items (``audio`` ``(samples,)``, ``text``) to ``{"inputs", "lengths", "texts", "ids"}``."""
-        inputs, lengths = self.prepare([it[self.input_key] for it in items])
+    def collate(self, items: list[dict[str, Any]], **prepare_kwargs: Any) -> Batch:
+        """Items (``audio`` ``(samples,)``, ``text``) to ``{"inputs", "lengths", "texts", "ids"}``.
+
+        ``prepare_kwargs`` go to the backbone's ``prepare`` (e.g. Whisper's ``short_clips``)."""
+        inputs, lengths = self.prepare([it[self.input_key] for it in items], **prepare_kwargs)
         return {
             "inputs": inputs,
             "lengths": lengths,
@@ -86,8 +88,8 @@ class ClassificationTask(_BackboneTask):
         self.index = {label: i for i, label in enumerate(self.labels)}
         self.label_key = label_key
 
-    def collate(self, items: list[dict[str, Any]]) -> Batch:
-        batch = super().collate(items)
+    def collate(self, items: list[dict[str, Any]], **prepare_kwargs: Any) -> Batch:
+        batch = super().collate(items, **prepare_kwargs)
         try:
             batch["labels"] = torch.tensor([self.index[it[self.label_key]] for it in items])
         except KeyError as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -219,10 +220,14 @@ def _asr_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, r
                                        num_replicas=world, rank=rank)
     loader = DataLoader(train_data, batch_sampler=sampler, collate_fn=task.collate, num_workers=d.num_workers)
 
+    dev_collate = task.collate
+    if hasattr(backbone, "short_clips") and not d.dev_short_clips:
+        dev_collate = functools.partial(task.collate, short_clips=False)
+
     def dev_loader(utts):
         return DataLoader(AudioDataset(utts, rate),
                           batch_sampler=DurationBatchSampler(durations_of(utts), d.batch_seconds, shuffle=False),
-                          collate_fn=task.collate, num_workers=d.num_workers)
+                          collate_fn=dev_collate, num_workers=d.num_workers)
 
     dev_fn = None
     if dev_utts:
