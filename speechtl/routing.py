@@ -1,0 +1,538 @@
+"""Accent identification and routing each utterance to the adapter of its accent.
+
+An accent classifier is the feature-extraction transfer mode on a speech encoder: the encoder
+stays frozen, a small :class:`~speechtl.transfer.ClassifierHead` reads a learned softmax-weighted
+sum of its layers and mean-pools over the valid frames (``speechtl-adapt --task accent-id``).
+
+:class:`Router` loads several accent adapters once onto one base model (as named adapters,
+switched by name; the base model is the adapters disabled) and picks, per utterance:
+
+- ``route="none"``: the base model for every utterance;
+- ``route=ACCENT``: that accent's adapter for every utterance;
+- ``route="auto"``: the classifier's most probable accent among those with an adapter, or the
+  base model when none reaches ``min_prob`` (classes without an adapter, e.g. a native accent,
+  thus send utterances to the base model);
+- ``soft=True`` (LoRA only): a mixture of every LoRA adapter weighted by the classifier's
+  probability of its accent (classes without an adapter keep their share on the base model):
+  each adapted layer computes ``base(x) + sum_a p_a * B_a A_a x * scale_a``.
+
+When the classifier was trained on the same base weights in ``features`` mode it shares the
+router's encoder (run with adapters disabled, so it sees exactly the encoder it was trained on);
+otherwise it runs on its own copy of its base model.
+
+:func:`evaluate_accent_id` scores a classifier on a manifest: accuracy, recall per accent and the
+confusion matrix (:class:`AccentIdReport`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SpeechtlError
+from .fileio import atomic_write_text
+
+BASE = "base"
+# Route names that mean something else on the command line and in reports.
+RESERVED = (BASE, "none", "auto")
+SOFT_DECIMALS = 2  # soft-routing weights are rounded so that utterances with the same mixture batch together
+
+
+# --------------------------------------------------------------------------------------------
+# Routes
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one utterance was sent.
+
+    name: the accent whose adapter ran, or ``"base"``; for a soft mixture the accent with the
+        largest weight (``"base"`` when every weight rounds to zero).
+    prob: the classifier's probability of ``name`` (None when no classifier chose the route).
+    weights: soft routing only: mixture weight per adapter accent.
+    """
+
+    name: str
+    prob: float | None = None
+    weights: dict[str, float] | None = None
+
+    @property
+    def key(self) -> tuple:
+        """Utterances with equal keys run with the same adapter setting."""
+        if self.weights is not None:
+            return ("soft", *sorted(self.weights.items()))
+        return ("hard", self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"route": self.name, "route_prob": self.prob, "route_weights": self.weights}
+
+
+def parse_adapter_specs(specs: Sequence[str] | None) -> dict[str, str]:
+    """``["us=runs/us/adapter", "gb=runs/gb/adapter"]`` to ``{accent: folder}``.
+
+    Raises :class:`SpeechtlError` with one sentence on a missing ``=``, an empty or reserved
+    accent, a repeated accent, or a folder that does not exist.
+    """
+    out: dict[str, str] = {}
+    for spec in specs or []:
+        accent, sep, folder = spec.partition("=")
+        accent, folder = accent.strip(), folder.strip()
+        if not sep or not accent or not folder:
+            raise SpeechtlError(f"--adapters {spec!r}: write ACCENT=DIR, e.g. mandarin=runs/mandarin/adapter")
+        check_accent_name(accent, where=f"--adapters {spec!r}")
+        if accent in out:
+            raise SpeechtlError(f"--adapters: accent {accent!r} is given twice; give one adapter per accent")
+        if not Path(folder).is_dir():
+            raise SpeechtlError(f"--adapters {spec!r}: folder {folder} does not exist; give a saved adapter folder")
+        out[accent] = folder
+    return out
+
+
+def check_accent_name(accent: str, *, where: str = "adapters") -> str:
+    if accent in RESERVED:
+        raise SpeechtlError(f"{where}: {accent!r} is a route keyword ({', '.join(RESERVED)}); "
+                            "name the accent otherwise")
+    return accent
+
+
+# --------------------------------------------------------------------------------------------
+# Accent classifier
+
+
+def _prepare_for_classification(backbone: nn.Module, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    # Whisper pads to 30 s unless told otherwise; the classifier pools over valid frames only, so the
+    # batch is cut to its longest clip (with an attention mask inside the encoder).
+    if hasattr(backbone, "short_clips"):
+        return backbone.prepare(waves, short_clips=True)
+    return backbone.prepare(waves)
+
+
+class AccentClassifier:
+    """A trained accent classifier head with its labels and the encoder it reads.
+
+    Build it with :func:`load_accent_classifier` (a saved ``--task accent-id`` adapter folder) or
+    :meth:`from_model` (an adapted model with a classifier head). ``shared`` is True when the head
+    reads a router's base encoder instead of its own copy.
+    """
+
+    def __init__(self, head: nn.Module, backbone: nn.Module, *, shared: bool = False,
+                 model: nn.Module | None = None, base_checksum: str | None = None):
+        self.head = head
+        self.backbone = backbone
+        self.shared = shared
+        self.model = model
+        self.base_checksum = base_checksum
+        self.labels: list[str] = list(head.labels)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> AccentClassifier:
+        """Wrap an :class:`~speechtl.transfer.AdaptedModel` whose head is a classifier."""
+        from .transfer import ClassifierHead
+
+        if not isinstance(getattr(model, "head", None), ClassifierHead):
+            raise SpeechtlError(f"{getattr(model, 'name', model)!r} has no classifier head; train one with "
+                                "speechtl-adapt --task accent-id")
+        return cls(model.head, model.backbone, model=model, base_checksum=getattr(model, "base_checksum", None))
+
+    @torch.no_grad()
+    def probabilities(self, waves: Sequence[np.ndarray], *, batch_size: int = 8,
+                      encoder_context: Any = None) -> np.ndarray:
+        """Class probabilities ``(len(waves), len(labels))`` for waveforms ``(samples,)`` at the encoder's rate.
+
+        ``encoder_context`` (a context manager factory) wraps each encoder call, e.g. to disable
+        a shared encoder's adapters.
+        """
+        device = next(self.backbone.parameters()).device
+        self.head.to(device).eval()
+        was_training = self.backbone.training
+        self.backbone.eval()
+        out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        order = sorted(range(len(waves)), key=lambda i: -len(waves[i]))
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                inputs, lengths = _prepare_for_classification(self.backbone, [waves[i] for i in idx])
+                with encoder_context() if encoder_context is not None else nullcontext():
+                    enc = self.backbone.encode(inputs.to(device), lengths.to(device))
+                probs = torch.softmax(self.head(enc).float(), dim=-1).cpu().numpy()
+                out[idx] = probs
+        finally:
+            self.backbone.train(was_training)
+        return out
+
+    def predict(self, waves: Sequence[np.ndarray], *, batch_size: int = 8) -> list[str]:
+        """The most probable accent of each waveform."""
+        probs = self.probabilities(waves, batch_size=batch_size)
+        return [self.labels[i] for i in probs.argmax(1)]
+
+
+def load_accent_classifier(directory: str | os.PathLike, *, backbone: nn.Module | None = None,
+                           base_checksum: str | None = None) -> AccentClassifier:
+    """Load a saved accent classifier (``speechtl-adapt --task accent-id`` writes ``OUT/adapter``).
+
+    With ``backbone`` and its ``base_checksum`` (the weights before any adaptation) given and
+    equal to the classifier's, a ``features``-mode head is put on that backbone's encoder
+    (``shared``); otherwise the classifier's own base model is built and loaded.
+    """
+    from .adapters.io import WEIGHTS, load_adapter, read_adapter_meta
+    from .transfer import ClassifierHead
+
+    directory = Path(directory)
+    meta = read_adapter_meta(directory)
+    head_desc = meta.get("head") or {}
+    if head_desc.get("type") != "ClassifierHead":
+        raise SpeechtlError(f"{directory}: not an accent classifier (its head is {head_desc.get('type')!r}); "
+                            "train one with speechtl-adapt --task accent-id")
+    cfg = meta["config"]
+    if backbone is not None and base_checksum == meta["base_checksum"] and meta["method"] == "features":
+        from safetensors.torch import load_file
+
+        head = ClassifierHead(backbone.hidden_size, backbone.num_layers + 1, head_desc["labels"],
+                              weighted_layers=cfg["weighted_layers"], hidden=cfg["head_hidden"],
+                              dropout=cfg["head_dropout"])
+        try:
+            state = load_file(str(directory / WEIGHTS))
+        except FileNotFoundError:
+            raise SpeechtlError(f"{directory}: {WEIGHTS} is missing; the adapter folder is incomplete") from None
+        try:
+            head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        except RuntimeError as e:
+            raise SpeechtlError(f"{directory}: saved head does not fit: {str(e).splitlines()[0]}") from None
+        head.to(next(backbone.parameters()).device).eval()
+        return AccentClassifier(head, backbone, shared=True, base_checksum=base_checksum)
+    model = load_adapter(None, directory)
+    if backbone is not None:
+        model.to(next(backbone.parameters()).device)
+    model.eval()
+    return AccentClassifier.from_model(model)
+
+
+# --------------------------------------------------------------------------------------------
+# Router
+
+
+def _adapter_state(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The active adapter's weights of a saved adapter folder, keyed as :meth:`AdapterSet.load_state` takes them."""
+    from safetensors.torch import load_file
+
+    from .adapters.io import WEIGHTS
+
+    name = meta.get("active")
+    if not name:
+        raise SpeechtlError(f"{directory}: the saved adapter has no active adapter to route to")
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except FileNotFoundError:
+        raise SpeechtlError(f"{directory}: {WEIGHTS} is missing; the adapter folder is incomplete") from None
+    prefix = f"adapter.{name}."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+# Config entries that may differ between adapters loaded onto one model (the rest fixes their shape and places).
+_FREE_KEYS = {"adapter_name", "labels", "head_dropout"}
+
+
+class Router:
+    """One base model carrying one named adapter per accent, and optionally an accent classifier.
+
+    Args:
+        backbone: the plain base model (a backbone object, not yet adapted), modified in place.
+        adapters: ``{accent: saved adapter folder}``; all of one method and shape (the same
+            ``speechtl-adapt`` settings), trained on this base model's weights, without new heads.
+        accent_classifier: a saved classifier folder, an :class:`AccentClassifier`, or an adapted
+            model with a classifier head.
+    """
+
+    def __init__(self, backbone: nn.Module, adapters: Mapping[str, str | os.PathLike] | None = None,
+                 accent_classifier: str | os.PathLike | AccentClassifier | nn.Module | None = None):
+        from .adapters.io import read_adapter_meta, weights_checksum
+        from .transfer import adapt
+
+        if getattr(backbone, "_speechtl_adapted", None):
+            raise SpeechtlError(f"{backbone.name} already carries an adapter; routing loads the adapters itself, "
+                                "so give it the plain base model")
+        self.backbone = backbone
+        self.adapter_dirs = {check_accent_name(a): str(d) for a, d in (adapters or {}).items()}
+        self.accents = list(self.adapter_dirs)
+        self.internal: dict[str, str] = {}  # accent -> adapter name inside the model (accents may hold any character)
+        self.model = None
+        self.method: str | None = None
+        metas = {a: read_adapter_meta(d) for a, d in self.adapter_dirs.items()}
+        need_checksum = bool(metas) or isinstance(accent_classifier, str | os.PathLike)
+        self.base_checksum = weights_checksum(backbone) if need_checksum else None
+        first_cfg: dict[str, Any] | None = None
+        for k, (accent, meta) in enumerate(metas.items()):
+            directory = Path(self.adapter_dirs[accent])
+            if meta["base_checksum"] != self.base_checksum:
+                raise SpeechtlError(f"{directory}: adapter for {accent!r} was trained on {meta['base_model']!r} "
+                                    f"with other weights than {backbone.name!r}; route only adapters of this model")
+            if meta.get("head") is not None:
+                raise SpeechtlError(f"{directory}: adapter for {accent!r} brings a new {meta['head']['type']}; routing "
+                                    "switches adapters on one model and its own head, so give adapters without heads")
+            from .transfer import ADAPTER_METHODS
+
+            if meta["method"] not in ADAPTER_METHODS:
+                raise SpeechtlError(f"{directory}: method {meta['method']!r} changes the base weights; routing needs "
+                                    f"adapters ({', '.join(ADAPTER_METHODS)})")
+            cfg = {key: v for key, v in meta["config"].items() if key not in _FREE_KEYS}
+            name = f"route{k}"
+            self.internal[accent] = name
+            state = _adapter_state(directory, meta)
+            if first_cfg is None:
+                first_cfg = cfg
+                self.method = meta["method"]
+                self.model = adapt(backbone, **{**meta["config"], "adapter_name": name, "labels": []})
+            else:
+                differ = sorted(key for key in set(cfg) | set(first_cfg) if cfg.get(key) != first_cfg.get(key))
+                if differ:
+                    first = self.accents[0]
+                    raise SpeechtlError(f"{directory}: adapter for {accent!r} differs from the one for {first!r} in "
+                                        f"{', '.join(differ)}; routed adapters must share method, targets and rank")
+                self.model.add_adapter(name)
+            self.model.adapters.load_state(name, state)
+        if self.model is not None:
+            self.model.eval()
+        self.classifier = self._classifier(accent_classifier)
+
+    def _classifier(self, spec: Any) -> AccentClassifier | None:
+        if spec is None:
+            return None
+        if isinstance(spec, AccentClassifier):
+            return spec
+        if isinstance(spec, str | os.PathLike):
+            return load_accent_classifier(spec, backbone=self.backbone, base_checksum=self.base_checksum)
+        return AccentClassifier.from_model(spec)
+
+    # -- choosing ---------------------------------------------------------------------------------
+    def choose(self, waves: Sequence[np.ndarray], *, route: str = "auto", min_prob: float = 0.5, soft: bool = False,
+               batch_size: int = 8) -> list[Route]:
+        """The route of each waveform ``(samples,)`` (see the module docstring for the modes)."""
+        if route == "none":
+            return [Route(BASE)] * len(waves)
+        if route != "auto":
+            if route not in self.internal:
+                have = ", ".join(self.accents) or "none loaded"
+                raise SpeechtlError(f"route {route!r}: no adapter for that accent (adapters: {have}); "
+                                    "use auto, none or one of the adapters' accents")
+            return [Route(route)] * len(waves)
+        if self.classifier is None:
+            raise SpeechtlError("route 'auto' needs an accent classifier (accent_classifier=DIR, "
+                                "--accent-classifier DIR); or give route=none or route=ACCENT")
+        if not self.accents:
+            raise SpeechtlError("route 'auto' has no adapters to choose from; give adapters={accent: DIR, ...}")
+        if not 0.0 <= min_prob <= 1.0:
+            raise SpeechtlError(f"min_prob must be between 0 and 1, got {min_prob}")
+        unknown = [a for a in self.accents if a not in self.classifier.labels]
+        if unknown:
+            raise SpeechtlError(f"adapter accent(s) {', '.join(unknown)} are not among the classifier's classes "
+                                f"({', '.join(self.classifier.labels)}); name the adapters by those classes")
+        if soft:
+            self.check_soft()
+        probs = self.classifier.probabilities(waves, batch_size=batch_size, encoder_context=self._encoder_context())
+        cols = [self.classifier.labels.index(a) for a in self.accents]
+        routes = []
+        for p in probs:
+            mine = p[cols]
+            best = int(mine.argmax())
+            if soft:
+                weights = {a: round(float(w), SOFT_DECIMALS) for a, w in zip(self.accents, mine)}
+                name = self.accents[best] if weights[self.accents[best]] > 0 else BASE
+                routes.append(Route(name, float(mine[best]), weights))
+            elif mine[best] >= min_prob:
+                routes.append(Route(self.accents[best], float(mine[best])))
+            else:
+                routes.append(Route(BASE, float(mine[best])))
+        return routes
+
+    def _encoder_context(self):
+        if self.classifier is not None and self.classifier.shared and self.model is not None:
+            return self.model.adapters_disabled
+        return None
+
+    def check_soft(self) -> None:
+        if self.method != "lora":
+            raise SpeechtlError(f"soft routing mixes LoRA adapters only; these adapters are {self.method!r}: "
+                                "use hard routing (soft=False)")
+
+    # -- running ----------------------------------------------------------------------------------
+    @property
+    def generator(self) -> nn.Module:
+        """What transcribes: the adapted model, or the backbone when no adapter was loaded."""
+        return self.model if self.model is not None else self.backbone
+
+    @contextmanager
+    def using(self, route: Route) -> Iterator[None]:
+        """Run the model inside this block as ``route`` says: base, one adapter, or a LoRA mixture."""
+        if self.model is None:
+            if route.name != BASE or route.weights:
+                raise SpeechtlError(f"route {route.name!r}: no adapters are loaded")
+            yield
+            return
+        if route.weights is not None:
+            with self._mixture({self.internal[a]: w for a, w in route.weights.items()}):
+                yield
+        elif route.name == BASE:
+            with self.model.adapters_disabled():
+                yield
+        else:
+            self.model.set_adapter(self.internal[route.name])
+            yield
+
+    @contextmanager
+    def _mixture(self, weights: dict[str, float]) -> Iterator[None]:
+        """Every LoRA adapter active at once, each layer's scale multiplied by its adapter's weight."""
+        from peft.tuners.lora import LoraLayer
+
+        self.check_soft()
+        active = self.model.active_adapter
+        layers = [m for m in self.model.backbone.model.modules() if isinstance(m, LoraLayer)]
+        saved = [dict(m.scaling) for m in layers]
+        names = list(weights)
+        try:
+            for m in layers:
+                m.set_adapter(names, inference_mode=True)
+                for n, w in weights.items():
+                    if n in m.scaling:
+                        m.scaling[n] = m.scaling[n] * w
+            yield
+        finally:
+            for m, s in zip(layers, saved):
+                m.scaling.update(s)
+            self.model.set_adapter(active)
+
+
+def get_router(backbone: nn.Module, adapters: Mapping[str, str | os.PathLike] | None,
+               accent_classifier: Any) -> Router:
+    """A :class:`Router` for ``backbone``, built once and kept on it: calling again with the same
+    adapters and classifier reuses it; other adapters on the same backbone object are an error."""
+    spec = (tuple(sorted((a, os.path.abspath(d)) for a, d in (adapters or {}).items())),
+            os.path.abspath(accent_classifier) if isinstance(accent_classifier, str | os.PathLike)
+            else id(accent_classifier))
+    cached = getattr(backbone, "_speechtl_router", None)
+    if cached is not None:
+        if cached[0] == spec:
+            return cached[1]
+        raise SpeechtlError(f"{backbone.name} already carries the adapters {sorted(cached[1].accents)}; "
+                            "create a fresh backbone to route with other adapters")
+    router = Router(backbone, adapters, accent_classifier)
+    backbone._speechtl_router = (spec, router)
+    return router
+
+
+# --------------------------------------------------------------------------------------------
+# Accent-id evaluation
+
+
+@dataclass
+class AccentIdReport:
+    """Accent identification scores on a labelled set.
+
+    ``confusion[i][j]``: utterances of gold accent ``gold[i]`` predicted as ``labels[j]``;
+    ``recall[a]``: the fraction of accent ``a``'s utterances predicted as ``a`` (None when the
+    set has none of it).
+    """
+
+    labels: list[str]
+    gold: list[str]
+    confusion: list[list[int]]
+    accuracy: float
+    recall: dict[str, float | None]
+    utterances: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean recall over the gold accents present."""
+        vals = [r for r in self.recall.values() if r is not None]
+        return float(np.mean(vals)) if vals else math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        return {"meta": self.meta, "utterances": self.utterances, "accuracy": self.accuracy,
+                "balanced_accuracy": self.balanced_accuracy, "recall": self.recall, "labels": self.labels,
+                "gold": self.gold, "confusion": self.confusion}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> AccentIdReport:
+        return cls(labels=obj["labels"], gold=obj["gold"], confusion=obj["confusion"], accuracy=obj["accuracy"],
+                   recall=obj["recall"], utterances=obj["utterances"], meta=obj.get("meta", {}))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    def format_table(self) -> str:
+        """Accuracy, then a confusion matrix (rows gold, columns predicted) with each accent's recall."""
+        width = max(8, *(len(x) for x in self.labels + self.gold))
+        lines = [f"accent id: accuracy {100 * self.accuracy:.1f} % ({self.utterances} utterances), "
+                 f"balanced accuracy {100 * self.balanced_accuracy:.1f} %",
+                 "gold \\ predicted".ljust(width + 2) + "".join(lab.rjust(width + 2) for lab in self.labels)
+                 + "recall %".rjust(10)]
+        for g, row in zip(self.gold, self.confusion):
+            r = self.recall.get(g)
+            lines.append(g.ljust(width + 2) + "".join(str(c).rjust(width + 2) for c in row)
+                         + (f"{100 * r:.1f}" if r is not None else "-").rjust(10))
+        return "\n".join(lines)
+
+
+def accent_id_scores(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str],
+                     meta: dict[str, Any] | None = None) -> AccentIdReport:
+    """Accuracy, per-accent recall and confusion matrix of ``predicted`` against ``gold`` accents."""
+    if len(gold) != len(predicted):
+        raise SpeechtlError(f"got {len(predicted)} predictions for {len(gold)} utterances")
+    if not gold:
+        raise SpeechtlError("no utterances to score accent identification on")
+    labels = list(labels)
+    gold_names = list(labels) + sorted(set(gold) - set(labels))  # accents the classifier does not know, last
+    present = set(gold)
+    rows = {g: [0] * len(labels) for g in gold_names}
+    for g, p in zip(gold, predicted):
+        rows[g][labels.index(p)] += 1
+    recall = {g: (rows[g][labels.index(g)] / sum(rows[g]) if g in labels else 0.0) if g in present else None
+              for g in gold_names}
+    accuracy = sum(g == p for g, p in zip(gold, predicted)) / len(gold)
+    return AccentIdReport(labels=labels, gold=gold_names, confusion=[rows[g] for g in gold_names],
+                          accuracy=accuracy, recall=recall, utterances=len(gold), meta=dict(meta or {}))
+
+
+def evaluate_accent_id(classifier: AccentClassifier | nn.Module | str | os.PathLike,
+                       manifest: str | os.PathLike | Sequence[Any], *, batch_size: int = 8,
+                       splits: Sequence[str] | None = None) -> AccentIdReport:
+    """Score an accent classifier on a manifest's ``accent`` fields.
+
+    Args:
+        classifier: a saved classifier folder, an :class:`AccentClassifier`, or an adapted model
+            with a classifier head.
+        manifest: a JSONL manifest path or a list of :class:`~speechtl.data.manifest.Utterance`.
+        splits: keep only utterances with these ``split`` values (None keeps all).
+    """
+    from .audio import load_audio
+    from .data.manifest import read_manifest
+
+    if isinstance(classifier, str | os.PathLike):
+        classifier = load_accent_classifier(classifier)
+    elif not isinstance(classifier, AccentClassifier):
+        classifier = AccentClassifier.from_model(classifier)
+    name = str(manifest) if isinstance(manifest, str | os.PathLike) else None
+    utts = read_manifest(manifest) if name is not None else list(manifest)
+    if splits is not None:
+        utts = [u for u in utts if u.split in set(splits)]
+    if not utts:
+        raise SpeechtlError(f"{name or 'manifest'}: no utterances to score accent identification on")
+    rate = classifier.backbone.sample_rate
+    waves = [load_audio(u.audio, rate, offset=u.offset, duration=u.duration, max_seconds=None)
+             if u.offset is not None else load_audio(u.audio, rate) for u in utts]
+    probs = classifier.probabilities(waves, batch_size=batch_size)
+    predicted = [classifier.labels[i] for i in probs.argmax(1)]
+    return accent_id_scores([u.accent for u in utts], predicted, classifier.labels,
+                            meta={"manifest": name, "speakers": len({u.speaker for u in utts})})

@@ -1,0 +1,120 @@
+"""Accent identification: speechtl-adapt --task accent-id on a trivially separable synthetic set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechtl.adapters import read_adapter_meta
+from speechtl.backbones import create_backbone
+from speechtl.cli.adapt import main
+from speechtl.routing import (AccentClassifier, AccentIdReport, accent_id_scores, evaluate_accent_id,
+                              load_accent_classifier)
+from speechtl.transfer import adapt
+
+# Accent "hum" is a 250 Hz tone, accent "hiss" white noise: far apart even for a random encoder
+# (wav2vec2-tiny-random; a random Whisper's pooled states are dominated by its positional embeddings).
+ACCENTS = ("hiss", "hum")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def accent_clip(accent: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    n = int(16000 * seconds)
+    if accent == "hiss":
+        return (0.1 * rng.standard_normal(n)).astype(np.float32)
+    t = np.arange(n) / 16000
+    return (0.3 * np.sin(2 * np.pi * 250.0 * t + rng.uniform(0, 6)) + 0.02 * rng.standard_normal(n)).astype(np.float32)
+
+
+def write_tone_manifest(folder, *, per_accent_speaker: int = 4, speakers: int = 4, dev_speaker: bool = True):
+    """Clips of the two synthetic accents; the last speaker of each accent is the dev split."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for accent in ACCENTS:
+        for s in range(speakers):
+            split = "dev" if dev_speaker and s == speakers - 1 else "train"
+            for k in range(per_accent_speaker):
+                uid = f"{accent}-{s}-{k}"
+                sf.write(folder / f"{uid}.wav", accent_clip(accent, rng.uniform(0.4, 0.8), rng), 16000)
+                rows.append({"id": uid, "audio": f"{uid}.wav", "text": "a tone", "speaker": f"{accent}{s}",
+                             "accent": accent, "split": split})
+    path = folder / "tones.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One accent-id run on wav2vec2-tiny-random, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("accent_id")
+    manifest = write_tone_manifest(folder)
+    out = folder / "run"
+    code = main(["--task", "accent-id", "--model", "wav2vec2-tiny-random", "--train", str(manifest), "--out", str(out),
+                 "lr=1e-2", "max_steps=30", "eval_every=10", "batch_seconds=8", "log_every=1", "progress=false"])
+    return code, out, manifest
+
+
+def test_accent_id_trains_loss_falls_and_dev_accuracy_is_perfect(trained, capsys):
+    code, out, manifest = trained
+    assert code == 0
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 30
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    scores = AccentIdReport.from_json(json.loads((out / "accent_id.json").read_text()))
+    assert scores.accuracy == 1.0 and scores.recall == {"hiss": 1.0, "hum": 1.0}
+    assert scores.confusion == [[4, 0], [0, 4]] and scores.labels == ["hiss", "hum"]
+
+    meta = read_adapter_meta(out / "adapter")
+    assert meta["method"] == "features" and meta["config"]["weighted_layers"] is True
+    assert meta["head"]["labels"] == ["hiss", "hum"]
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["task"] == "accent-id" and run_info["train_per_accent"] == {"hiss": 12, "hum": 12}
+
+
+def test_saved_classifier_reloads_and_scores_the_same(trained):
+    _, out, manifest = trained
+    classifier = load_accent_classifier(out / "adapter")
+    scores = evaluate_accent_id(classifier, manifest, splits=["dev"])
+    assert scores.accuracy == 1.0 and scores.utterances == 8
+
+
+def test_whisper_classifier_pads_only_to_the_longest_clip():
+    """Short clips with a mask: a clip's probabilities do not depend on what it is batched with."""
+    torch.manual_seed(0)
+    model = adapt(create_backbone("whisper-tiny-random"), "features", labels=["hiss", "hum"], weighted_layers=True)
+    classifier = AccentClassifier.from_model(model)
+    rng = np.random.default_rng(1)
+    waves = [accent_clip("hum", 0.3, rng), accent_clip("hiss", 1.5, rng)]
+    together = classifier.probabilities(waves, batch_size=2)
+    alone = np.concatenate([classifier.probabilities([w]) for w in waves])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_scores_recall_and_confusion_by_hand():
+    r = accent_id_scores(["a", "a", "b", "c"], ["a", "b", "b", "a"], ["a", "b"])
+    assert r.gold == ["a", "b", "c"] and r.confusion == [[1, 1], [0, 1], [1, 0]]
+    assert r.recall == {"a": 0.5, "b": 1.0, "c": 0.0} and r.accuracy == 0.5
+    assert "recall %" in r.format_table()
+
+
+def test_accent_id_cli_errors_are_one_line(tmp_path, capsys):
+    rows = [{"id": f"u{i}", "audio": "x.wav", "text": "t", "speaker": "s", "accent": "only"} for i in range(2)]
+    sf.write(tmp_path / "x.wav", np.zeros(1600, dtype=np.float32), 16000)
+    path = tmp_path / "one.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["--task", "accent-id", "--model", "wav2vec2-tiny-random", "--train", str(path),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "at least two accents" in err
