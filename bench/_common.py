@@ -1,0 +1,176 @@
+"""Shared helpers of the benchmark scripts: machine facts, the benchmark corpus, child processes, results.
+
+Each benchmark measures its sides in child processes (``python bench/<script>.py --child ...``) so
+that peak RSS is per side; a child prints one JSON line (prefixed ``RESULT``) that the parent reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SHARED = Path(os.environ.get("SPEECHTL_SHARED_DATA", REPO.parent / "shared" / "data"))
+RESULT_PREFIX = "RESULT "
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_facts() -> dict[str, Any]:
+    """CPU, thread counts and library versions (the load average is added by :func:`finish`)."""
+    import peft
+    import torch
+    import transformers
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        speechtl_version = version("speechtl")
+    except Exception:  # not installed as a distribution: running from the source tree
+        speechtl_version = "source"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                     "speechtl": speechtl_version},
+        "load_average_before": load_average(),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def rss_mb() -> float:
+    """This process's current resident set size in MiB."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def benchmark_corpus(seed: int = 0) -> tuple[dict[str, list], str]:
+    """``({"train": [...], "dev": [...], "test": [...]}, description)`` of Utterances with durations.
+
+    speechocean762 (Mandarin-L1 English, split 800/100/100 by speaker as ``corpora/speechocean762.sh``
+    does) when ``../shared/data/speechocean762`` exists; otherwise a synthetic accented corpus built
+    offline with the Debian TTS voices (``speechtl.data.synth.build_corpus``), cached in /tmp.
+    """
+    from speechtl.data import split_by_speaker
+    from speechtl.data.importers import import_speechocean762
+    from speechtl.data.loader import durations_of
+
+    so_dir = Path(os.environ.get("SPEECHTL_SPEECHOCEAN762", SHARED / "speechocean762"))
+    if (so_dir / "train" / "text").is_file():
+        utts = split_by_speaker(import_speechocean762(so_dir), dev=0.1, test=0.1, seed=seed)
+        what = f"speechocean762 ({so_dir}), split by speaker dev 0.1 / test 0.1, seed {seed}"
+    else:
+        from speechtl.data.synth import build_corpus
+
+        out = Path(tempfile.gettempdir()) / "speechtl-bench-synth"
+        utts = build_corpus(out, ["german", "french", "us"], per_accent=120, seed=seed, heldout=[], progress=False)
+        what = f"SYNTHETIC fallback corpus ({out}): speechocean762 not found under {so_dir}"
+    for u, d in zip(utts, durations_of(utts)):
+        u.duration = d
+    splits = {s: [u for u in utts if u.split == s] for s in ("train", "dev", "test")}
+    return splits, what
+
+
+def real_test_set() -> list:
+    """The native-English VCTK/LJSpeech clips of ``../shared/data/real`` (empty when absent), paths resolved."""
+    from speechtl.data.loader import durations_of
+    from speechtl.data.manifest import read_manifest
+
+    path = SHARED / "real" / "manifest.jsonl"
+    if not path.is_file():
+        return []
+    utts = read_manifest(path)
+    for u in utts:
+        if not os.path.isabs(u.audio):
+            u.audio = str(path.parent / u.audio)
+    for u, d in zip(utts, durations_of(utts)):
+        u.duration = d
+    return utts
+
+
+def utterance_records(utts: list) -> list[dict[str, Any]]:
+    """Plain dicts (id, audio, text, duration) to hand to a child process."""
+    return [{"id": u.id, "audio": u.audio, "text": u.text, "duration": u.duration} for u in utts]
+
+
+# -- child processes ----------------------------------------------------------------------------
+
+
+def run_child(script: str, spec: dict[str, Any], *, threads: int, timeout: float | None = None) -> dict[str, Any]:
+    """Run ``script --child SPEC.json`` in a fresh interpreter; return its RESULT dict (+ wall seconds)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+        spec_path = f.name
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--child", spec_path], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        os.unlink(spec_path)
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+        raise RuntimeError(f"child {spec.get('side')} of {Path(script).name} failed (exit {proc.returncode})")
+    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result["child_wall_seconds"] = round(wall, 1)
+    return result
+
+
+def child_main(run) -> int:
+    """Entry of a child process: read the spec, set threads, run ``run(spec) -> dict``, print RESULT."""
+    import torch
+
+    spec = json.loads(Path(sys.argv[sys.argv.index("--child") + 1]).read_text())
+    torch.set_num_threads(spec["threads"])
+    result = run(spec)
+    result.setdefault("peak_rss_mb", peak_rss_mb())
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+def finish(result: dict[str, Any], path: Path, summary: str) -> None:
+    """Add the closing load average, write ``path`` atomically and print the one-line summary."""
+    from speechtl.fileio import atomic_write_text
+
+    result["machine"]["load_average_after"] = load_average()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    print(f"{summary}; wrote {path}")
+
+
+def command_line() -> str:
+    return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
