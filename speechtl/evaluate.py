@@ -177,7 +177,11 @@ def paired_bootstrap(
 
 @dataclass
 class UtteranceRecord:
-    """One scored utterance: who said it, what was said and recognised, and the error counts."""
+    """One scored utterance: who said it, what was said and recognised, and the error counts.
+
+    With accent routing (:mod:`speechtl.routing`): ``route`` is the adapter's accent or ``base``,
+    ``route_prob`` the classifier's probability of it, ``route_weights`` a soft mixture's weights.
+    """
 
     id: str
     speaker: str
@@ -186,6 +190,9 @@ class UtteranceRecord:
     split: str | None
     heldout: bool
     score: PairScore
+    route: str | None = None
+    route_prob: float | None = None
+    route_weights: dict[str, float] | None = None
 
     @property
     def speaker_key(self) -> str:
@@ -217,6 +224,8 @@ class UtteranceRecord:
             "substitution_pairs": [list(p) for p in s.substitution_pairs],
             "deleted": s.deleted,
             "inserted": s.inserted,
+            **({"route": self.route, "route_prob": self.route_prob, "route_weights": self.route_weights}
+               if self.route is not None else {}),
         }
 
     @classmethod
@@ -246,6 +255,9 @@ class UtteranceRecord:
             split=obj.get("split"),
             heldout=bool(obj.get("heldout", False)),
             score=score,
+            route=obj.get("route"),
+            route_prob=obj.get("route_prob"),
+            route_weights=obj.get("route_weights"),
         )
 
 
@@ -509,7 +521,7 @@ class Report:
 
     def to_markdown(self) -> str:
         m = self.meta
-        lines = [f"# WER report: {m.get('model', '?')}" + (f" + {m['adapter']}" if m.get("adapter") else ""), ""]
+        lines = [f"# WER report: {_system_name(m)}", ""]
         lines.append(
             f"Normaliser `{m.get('normalizer')}`, beam size {m.get('beam_size')}, "
             f"{self.overall.utterances} utterances, {self.overall.speakers} speakers, {self.overall.words} words. "
@@ -538,6 +550,7 @@ class Report:
         lines += _markdown_table(["group", "utterances", "words", "WER %", "95 % CI"], rows)
         if self.heldout_accents:
             lines += ["", f"Held-out (unseen in training) accents: {', '.join(self.heldout_accents)}."]
+        lines += self._routes_markdown()
         lines += ["", "## WER per speaker", ""]
         lines += _markdown_table(
             ["speaker", "accent", "utterances", "words", "WER %"],
@@ -556,6 +569,40 @@ class Report:
                   *(self.inserted[i] if i < len(self.inserted) else ("", ""))] for i in range(n)],
             )
         return "\n".join(lines) + "\n"
+
+    def route_counts(self) -> dict[str, int]:
+        """Utterances per route (adapter accent or ``base``), empty without routing."""
+        return dict(sorted(Counter(r.route for r in self.utterances if r.route is not None).items()))
+
+    def _routes_markdown(self) -> list[str]:
+        routed = [r for r in self.utterances if r.route is not None]
+        if not routed:
+            return []
+        m = self.meta
+        how = (f"route `{m.get('route')}`" + (", soft LoRA mixture (route = largest weight)" if m.get("soft_route")
+                                              else f", min_prob {m.get('min_prob')}" if m.get("route") == "auto"
+                                              else ""))
+        adapters = ", ".join(f"{a} = `{d}`" for a, d in (m.get("adapters") or {}).items())
+        lines = ["", "## Routes", "", f"Adapters: {adapters or 'none'}; {how}.", ""]
+        by_route: dict[str, list[UtteranceRecord]] = defaultdict(list)
+        for r in routed:
+            by_route[r.route].append(r)
+        rows = []
+        for name in sorted(by_route):
+            recs = by_route[name]
+            probs = [r.route_prob for r in recs if r.route_prob is not None]
+            words = sum(r.score.ref_words for r in recs)
+            errors = sum(r.score.substitutions + r.score.deletions + r.score.insertions for r in recs)
+            rows.append([name, len(recs), f"{100 * len(recs) / len(routed):.1f}",
+                         f"{np.mean(probs):.3f}" if probs else "", _pct(errors / words if words else None)])
+        lines += _markdown_table(["route", "utterances", "share %", "mean probability", "WER %"], rows)
+        routes = sorted(by_route)
+        accents = sorted({r.accent for r in routed})
+        lines += ["", "Utterances per accent (rows) and route (columns):", ""]
+        lines += _markdown_table(["accent", *routes],
+                                 [[a, *(sum(r.accent == a for r in by_route[name]) for name in routes)]
+                                  for a in accents])
+        return lines
 
     def format_table(self, comparison: Comparison | None = None) -> str:
         """A plain-text per-accent table for terminals (with the change vs a baseline when given)."""
@@ -943,6 +990,11 @@ def evaluate(
     manifest: str | os.PathLike | Sequence[Utterance],
     *,
     adapter: str | os.PathLike | None = None,
+    adapters: dict[str, str | os.PathLike] | None = None,
+    accent_classifier: Any = None,
+    route: str = "auto",
+    min_prob: float = 0.5,
+    soft_route: bool = False,
     normalizer: str | Normalizer = "whisper",
     batch_size: int = 8,
     beam_size: int = 1,
@@ -962,6 +1014,9 @@ def evaluate(
         model: a backbone name, folder or object (see :func:`speechtl.transcribe.transcribe`);
             only recorded in the report when ``transcriber`` is given.
         manifest: a JSONL manifest path or a list of :class:`Utterance`.
+        adapters, accent_classifier, route, min_prob, soft_route: route each utterance to the
+            adapter of its accent (see :func:`speechtl.transcribe.transcribe`, where ``soft_route``
+            is ``soft``); each record keeps its route and probability.
         normalizer: ``whisper``, ``basic``, ``none`` or a normaliser object, applied to
             references and hypotheses alike.
         heldout_accents: accents unseen in training, reported apart (utterances whose split
@@ -1007,12 +1062,25 @@ def evaluate(
         if target_accent in held or any(u.split == "test_heldout" and u.accent == target_accent for u in utts):
             raise SpeechtlError(f"target accent {target_accent!r} is also held out; an accent cannot be both")
 
+    routing = bool(adapters) or accent_classifier is not None
+    if routing and transcriber is not None:
+        raise SpeechtlError("routing (adapters, accent_classifier) needs the model to transcribe, not a transcriber")
+    routes = None
     if transcriber is not None:
         hyps = list(transcriber(list(utts)))
+    elif routing:
+        hyps, routes = _transcribe(model, utts, adapter=adapter, batch_size=batch_size, beam_size=beam_size,
+                                   progress=progress, device=device,
+                                   routing={"adapters": adapters, "accent_classifier": accent_classifier,
+                                            "route": route, "min_prob": min_prob, "soft": soft_route,
+                                            "return_routes": True})
     else:
         hyps = _transcribe(model, utts, adapter=adapter, batch_size=batch_size, beam_size=beam_size,
                            progress=progress, device=device)
     records = score_utterances(utts, hyps, normalizer=norm, heldout_accents=held)
+    if routes is not None:
+        for rec, r in zip(records, routes):
+            rec.route, rec.route_prob, rec.route_weights = r.name, r.prob, r.weights
     meta = {
         "model": _model_name(model) if model is not None else ("transcriber" if transcriber is not None else None),
         "adapter": None if adapter is None else str(adapter),
@@ -1023,6 +1091,10 @@ def evaluate(
         "splits": dict(sorted(Counter(u.split or "none" for u in utts).items())),
         "target_accent": target_accent,
         "heldout_accents": sorted({r.accent for r in records if r.heldout}),
+        **({"adapters": {a: str(d) for a, d in (adapters or {}).items()},
+            "accent_classifier": str(accent_classifier) if isinstance(accent_classifier, str | os.PathLike)
+            else None if accent_classifier is None else type(accent_classifier).__name__,
+            "route": route, "min_prob": min_prob, "soft_route": soft_route} if routing else {}),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "speechtl_version": _version(),
     }
@@ -1033,8 +1105,11 @@ def evaluate(
 
 
 def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.PathLike | None, batch_size: int,
-                beam_size: int, progress: bool, device: str | None) -> list[str]:
-    """Transcripts of ``utts`` with a backbone; segments (``offset``/``duration``) are cut first."""
+                beam_size: int, progress: bool, device: str | None, routing: dict[str, Any] | None = None) -> Any:
+    """Transcripts of ``utts`` with a backbone; segments (``offset``/``duration``) are cut first.
+
+    ``routing``: keyword arguments of :func:`speechtl.transcribe.transcribe` for accent routing
+    (then ``(texts, routes)`` is returned)."""
     from .transcribe import transcribe
 
     audio: list[Any] = [u.audio for u in utts]
@@ -1052,7 +1127,7 @@ def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.Path
             for u in utts
         ]
     return transcribe(model, audio, batch_size=batch_size, beam_size=beam_size, adapter=adapter, progress=progress,
-                      device=device)
+                      device=device, **(routing or {}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1067,6 +1142,8 @@ def _model_name(model: Any) -> str:
 
 def _system_name(meta: dict[str, Any]) -> str:
     name = str(meta.get("model") or "?")
+    if meta.get("adapters"):
+        return name + f" + routed adapters ({', '.join(meta['adapters'])}; route {meta.get('route')})"
     return name + (f" + {meta['adapter']}" if meta.get("adapter") else "")
 
 

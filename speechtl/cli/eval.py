@@ -1,5 +1,8 @@
 """speechtl-eval: transcribe a manifest, print WER per accent with 95 % CIs, and save a report.
 
+With --adapters ACCENT=DIR ... (and --accent-classifier DIR for --route auto) each utterance runs
+with the adapter of its accent; the report records every utterance's route and probability.
+
 With --baseline (a report.json of the unadapted model on the same manifest) it also prints the
 change per accent with paired-bootstrap p-values and the forgetting score, and saves
 comparison.json/.md and wer_vs_baseline.png beside the report.
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from ..wer import NORMALIZERS
 from ._common import add_common_args, run_cli
+from .transcribe import add_routing_args, routing_kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="backbone name (speechtl.list_backbones()), model folder, or hub id")
     p.add_argument("--adapter", help="a saved adapter folder to apply to the model")
+    add_routing_args(p)
     p.add_argument("--manifest", required=True, help="JSONL manifest of the utterances to score")
     p.add_argument("--out", required=True, help="folder for report.json, utterances.jsonl, report.md and plots")
     p.add_argument("--baseline", help="report.json (or its folder) of the baseline model on the same manifest")
@@ -45,11 +50,15 @@ def _split_list(text: str | None) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..evaluate import Report, evaluate
+    from ..evaluate import Report, _system_name, evaluate
     from ..plots import plot_learning_curves
 
     out = Path(args.out)
     baseline = Report.load(args.baseline) if args.baseline else None  # fail before transcribing
+    routing = routing_kwargs(args)
+    if routing:
+        routing.pop("return_routes")
+        routing["soft_route"] = routing.pop("soft")
     splits = _split_list(args.splits) or None
     start = time.perf_counter()
     report = evaluate(
@@ -66,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         n_bootstrap=args.n_bootstrap,
         seed=args.seed,
         device=args.device,
+        **routing,
     )
     elapsed = time.perf_counter() - start
     comparison = report.compare(baseline) if baseline is not None else None
@@ -75,9 +85,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics:
         plot_learning_curves(args.metrics, out / "learning_curves.png")
 
-    system = report.meta["model"] + (f" + {report.meta['adapter']}" if report.meta.get("adapter") else "")
+    system = _system_name(report.meta)
     print(f"{system} on {args.manifest} (normaliser {report.normalizer}, {elapsed:.1f} s)")
     print(report.format_table(comparison))
+    if routing:
+        print("routes: " + ", ".join(f"{name} {n}" for name, n in report.route_counts().items()))
     if comparison is not None:
         if comparison.forgetting_points is not None:
             print(f"forgetting: {comparison.forgetting_points:.2f} points (mean over non-target accents of "
