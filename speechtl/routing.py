@@ -256,7 +256,7 @@ class Router:
     def __init__(self, backbone: nn.Module, adapters: Mapping[str, str | os.PathLike] | None = None,
                  accent_classifier: str | os.PathLike | AccentClassifier | nn.Module | None = None):
         from .adapters.io import read_adapter_meta, weights_checksum
-        from .transfer import adapt
+        from .transfer import ADAPTER_METHODS, adapt
 
         if getattr(backbone, "_speechtl_adapted", None):
             raise SpeechtlError(f"{backbone.name} already carries an adapter; routing loads the adapters itself, "
@@ -279,8 +279,6 @@ class Router:
             if meta.get("head") is not None:
                 raise SpeechtlError(f"{directory}: adapter for {accent!r} brings a new {meta['head']['type']}; routing "
                                     "switches adapters on one model and its own head, so give adapters without heads")
-            from .transfer import ADAPTER_METHODS
-
             if meta["method"] not in ADAPTER_METHODS:
                 raise SpeechtlError(f"{directory}: method {meta['method']!r} changes the base weights; routing needs "
                                     f"adapters ({', '.join(ADAPTER_METHODS)})")

@@ -118,3 +118,20 @@ def test_accent_id_cli_errors_are_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "at least two accents" in err
+
+
+def test_accent_id_defaults_yield_to_what_the_user_set(tmp_path):
+    from speechtl.cli.adapt import _accent_id_defaults, build_parser
+    from speechtl.config import load_config
+
+    def resolved(*argv):
+        args = build_parser().parse_args(["--task", "accent-id", "--model", "m", "--train", "t", "--out", "o", *argv])
+        fixed = {"method": args.method} if args.method else {}
+        return _accent_id_defaults(args, load_config(args.config, args.overrides, **fixed)).adapt
+
+    cfg = resolved()
+    assert (cfg.method, cfg.weighted_layers, cfg.head) == ("features", True, "classifier")
+    cfg = resolved("--method", "lora", "weighted_layers=false")
+    assert (cfg.method, cfg.weighted_layers) == ("lora", False)
+    (tmp_path / "c.yaml").write_text("adapt:\n  method: finetune\n")
+    assert resolved("--config", str(tmp_path / "c.yaml")).method == "finetune"

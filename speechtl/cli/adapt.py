@@ -8,6 +8,13 @@ Config keys (see --help-config) come from --config YAML, then key=value argument
 ``speechtl-adapt --model whisper-tiny.en --train train.jsonl --dev dev.jsonl --method lora
 --out runs/lora lr=1e-3 lora_r=16 max_steps=500``. Multi-GPU: ``torchrun --nproc-per-node 4
 -m speechtl.cli.adapt ...`` (batch_seconds is per process).
+
+Accent identification: ``speechtl-adapt --task accent-id --model whisper-tiny.en --train M
+[--dev M] --out DIR`` trains a classifier of the manifests' accent field on the frozen encoder
+(method features, weighted_layers=true unless given; the label set is saved with the head), then
+prints accuracy, recall per accent and the confusion matrix on the dev utterances and writes them
+to DIR/accent_id.json. Route transcription with it: ``speechtl-transcribe --accent-classifier
+DIR/adapter --adapters ACCENT=ADAPTER ...``.
 """
 
 from __future__ import annotations
@@ -346,6 +353,8 @@ def _accent_id_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: 
     if args.target_accent is not None:
         raise SpeechtlError("--target-accent selects one accent, but --task accent-id learns to tell accents apart; "
                             "leave it out")
+    if getattr(cfg.data, "replay_manifest", None):
+        raise SpeechtlError("replay_manifest applies to speech recognition, not --task accent-id")
     train_utts, dev_utts = _accent_id_utterances(args)
     if not train_utts:
         raise SpeechtlError(f"{args.train}: no training utterances (split train or none)")
