@@ -180,7 +180,8 @@ class UtteranceRecord:
     """One scored utterance: who said it, what was said and recognised, and the error counts.
 
     With accent routing (:mod:`speechtl.routing`): ``route`` is the adapter's accent or ``base``,
-    ``route_prob`` the classifier's probability of it, ``route_weights`` a soft mixture's weights.
+    ``route_prob`` the classifier's probability of it (for ``base``, of the most likely adapter
+    accent), ``route_weights`` a soft mixture's weights.
     """
 
     id: str
@@ -595,7 +596,7 @@ class Report:
             errors = sum(r.score.substitutions + r.score.deletions + r.score.insertions for r in recs)
             rows.append([name, len(recs), f"{100 * len(recs) / len(routed):.1f}",
                          f"{np.mean(probs):.3f}" if probs else "", _pct(errors / words if words else None)])
-        lines += _markdown_table(["route", "utterances", "share %", "mean probability", "WER %"], rows)
+        lines += _markdown_table(["route", "utterances", "share %", "mean adapter probability", "WER %"], rows)
         routes = sorted(by_route)
         accents = sorted({r.accent for r in routed})
         lines += ["", "Utterances per accent (rows) and route (columns):", ""]

@@ -58,7 +58,8 @@ class Route:
 
     name: the accent whose adapter ran, or ``"base"``; for a soft mixture the accent with the
         largest weight (``"base"`` when every weight rounds to zero).
-    prob: the classifier's probability of ``name`` (None when no classifier chose the route).
+    prob: the classifier's probability of ``name`` (None when no classifier chose the route); for
+        ``base`` under ``auto``, the probability of the most likely adapter accent (below ``min_prob``).
     weights: soft routing only: mixture weight per adapter accent.
     """
 
