@@ -235,12 +235,17 @@ def _adapter_state(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Ten
         state = load_file(str(directory / WEIGHTS))
     except FileNotFoundError:
         raise SpeechtlError(f"{directory}: {WEIGHTS} is missing; the adapter folder is incomplete") from None
+    if any(k.startswith("backbone.") for k in state):
+        raise SpeechtlError(f"{directory}: the adapter also trained base-model modules (modules_to_save), which "
+                            "differ per adapter; routing switches adapter weights only")
     prefix = f"adapter.{name}."
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-# Config entries that may differ between adapters loaded onto one model (the rest fixes their shape and places).
-_FREE_KEYS = {"adapter_name", "labels", "head_dropout"}
+# Config entries that fix an adapter's places, shape and scale: adapters routed on one model must agree on them
+# (every named adapter of a set is built from the first one's config).
+_SHAPE_KEYS = ("method", "target_modules", "target_regex", "target_layers", "modules_to_save", "lora_r", "lora_alpha",
+               "bottleneck_style", "bottleneck_reduction", "bottleneck_dim", "bottleneck_activation")
 
 
 class Router:
@@ -283,7 +288,7 @@ class Router:
             if meta["method"] not in ADAPTER_METHODS:
                 raise SpeechtlError(f"{directory}: method {meta['method']!r} changes the base weights; routing needs "
                                     f"adapters ({', '.join(ADAPTER_METHODS)})")
-            cfg = {key: v for key, v in meta["config"].items() if key not in _FREE_KEYS}
+            cfg = {key: meta["config"].get(key) for key in _SHAPE_KEYS}
             name = f"route{k}"
             self.internal[accent] = name
             state = _adapter_state(directory, meta)
@@ -292,7 +297,7 @@ class Router:
                 self.method = meta["method"]
                 self.model = adapt(backbone, **{**meta["config"], "adapter_name": name, "labels": []})
             else:
-                differ = sorted(key for key in set(cfg) | set(first_cfg) if cfg.get(key) != first_cfg.get(key))
+                differ = [key for key in _SHAPE_KEYS if cfg[key] != first_cfg[key]]
                 if differ:
                     first = self.accents[0]
                     raise SpeechtlError(f"{directory}: adapter for {accent!r} differs from the one for {first!r} in "
