@@ -109,6 +109,8 @@ def inference_rtf(args: argparse.Namespace, clips: list, device) -> dict[str, An
 
     folder = str(packaged_model_dir(args.model)) if args.model.startswith("whisper-") else args.model
     pipe = pipeline("automatic-speech-recognition", model=folder, device=device, dtype=dtype)
+    if pipe.tokenizer.pad_token is None:  # the converted packaged folders name no pad token; the hub's use <|endoftext|>
+        pipe.tokenizer.pad_token = pipe.tokenizer.eos_token
     kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False, "max_new_tokens": 128}
     if getattr(pipe.model.generation_config, "is_multilingual", False):
         kwargs.update(language="en", task="transcribe")

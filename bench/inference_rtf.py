@@ -54,6 +54,10 @@ def _hf_pipeline(batch: int):
     from speechtl.convert.packaged import packaged_model_dir
 
     pipe = pipeline("automatic-speech-recognition", model=str(packaged_model_dir(MODEL)), device="cpu")
+    if pipe.tokenizer.pad_token is None:
+        # The hub's openai/whisper-tiny.en tokenizer pads with <|endoftext|>; the converted folder names no pad
+        # token, and the pipeline refuses to batch without one.
+        pipe.tokenizer.pad_token = pipe.tokenizer.eos_token
     kwargs = {"num_beams": 1, "do_sample": False, "max_new_tokens": MAX_NEW_TOKENS}
 
     def run(waves):
