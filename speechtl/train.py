@@ -267,11 +267,17 @@ class _HashingWriter:
 
     def __init__(self, f: Any):
         self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+        self.error: OSError | None = None  # torch.save reports a failed write as a RuntimeError; keep the cause
 
     def write(self, data: bytes) -> int:
+        try:
+            written = self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
         self.sha256.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        return written
 
     def flush(self) -> None:
         self.f.flush()
@@ -326,7 +332,7 @@ def _atomic_torch_save(obj: Any, path: Path, step: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     prev = path.with_name(path.stem + ".prev" + path.suffix)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    link_tmp = None
+    link_tmp, writer = None, None
     try:
         with os.fdopen(fd, "wb") as f:
             writer = _HashingWriter(f)
@@ -358,8 +364,9 @@ def _atomic_torch_save(obj: Any, path: Path, step: int | None = None) -> None:
         for leftover in (tmp, link_tmp):
             if leftover is not None and os.path.exists(leftover):
                 os.unlink(leftover)
-        if isinstance(e, OSError):  # disk full, quota, permissions: the user's to fix, the old checkpoint stays
-            raise SpeechtlError(f"{path}: cannot write the checkpoint ({e.strerror or e}); free disk space or "
+        cause = e if isinstance(e, OSError) else getattr(writer, "error", None)
+        if cause is not None:  # disk full, quota, permissions: the user's to fix, the old checkpoint stays
+            raise SpeechtlError(f"{path}: cannot write the checkpoint ({cause.strerror or cause}); free disk space or "
                                 "choose another output folder, then resume") from e
         raise
 

@@ -15,6 +15,7 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..errors import SpeechtlError
 from ._common import add_common_args, run_cli
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--engines", type=_csv, default=None, help="only these engines (comma list)")
     y.add_argument("--no-augment", action="store_true", help="no noise, reverberation or telephone channel")
     y.add_argument("--no-progress", action="store_true")
+    y.add_argument("--overwrite", action="store_true",
+                   help="rebuild an earlier synth folder made with other settings (clips are reused by content)")
     return p
 
 
@@ -156,12 +159,41 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_synth_out(out: Path, args: argparse.Namespace, heldout: list[str] | None) -> None:
+    """Continue an interrupted synth run with the same settings; refuse to write over anything else."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SpeechtlError(f"--out {out} is a file; give a folder")
+    if not any(out.iterdir()):
+        return
+    config_path = out / "synth_config.json"
+    if not config_path.is_file():
+        if (out / "audio").is_dir():  # an interrupted run: its clips are kept and the rest is made
+            return
+        raise SpeechtlError(f"--out {out} is not empty and holds no earlier synth output; choose a new folder")
+    try:
+        before = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError:
+        before = {}
+    accents = list(dict.fromkeys(args.accents))
+    now = {"accents": accents, "per_accent": args.per_accent, "seed": args.seed,
+           "heldout": [accents[-1]] if heldout is None else list(heldout),
+           "speakers_per_voice": args.speakers_per_voice, "dev": args.dev, "test": args.test, "augment": not args.no_augment,
+           "engines": None if args.engines is None else sorted(args.engines)}
+    changed = [k for k, v in now.items() if before.get(k) != v]
+    if changed and not args.overwrite:
+        raise SpeechtlError(f"--out {out} holds a synth corpus made with other {', '.join(changed)}; pass --overwrite "
+                            "to rebuild its manifest there, or choose a new folder")
+
+
 def _synth(args: argparse.Namespace) -> int:
     from collections import Counter, defaultdict
 
     from ..data.synth import build_corpus
 
     heldout = None if args.heldout is None else ([] if args.heldout.lower() == "none" else _csv(args.heldout))
+    _check_synth_out(Path(args.out), args, heldout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         utts = build_corpus(args.out, args.accents, args.per_accent, seed=args.seed, heldout=heldout,

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
+from ..errors import SpeechtlError
 from ._common import add_common_args, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,12 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with real speech (speechocean762/, real/); skipped when absent")
     p.add_argument("--synthetic-only", action="store_true", help="ignore real speech even when present")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo's results in --out (its synthesised audio is reused)")
     add_common_args(p)
     return p
 
 
 def _step(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
+
+
+def _prepare_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse a non-empty --out unless --overwrite, and then only an earlier demo's (keeping its synth/ audio)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SpeechtlError(f"--out {out} is a file; give a folder")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace an earlier demo's results, "
+                            "or choose a new folder")
+    if not ((out / "manifest.jsonl").is_file() or (out / "synth").is_dir()):
+        raise SpeechtlError(f"--out {out} does not look like a speechtl-demo output; remove it yourself")
+    for item in out.iterdir():
+        if item.name == "synth":  # synthesised clips are named by content hash: safe to reuse
+            continue
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -53,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     out = Path(args.out)
+    _prepare_out(out, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 

@@ -21,6 +21,7 @@ import importlib.resources
 import importlib.util
 import json
 import os
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -119,6 +120,7 @@ def packaged_model_dir(name: str) -> Path:
     with _lock(target):
         if target.exists():  # another process finished while we waited
             return _verify(target)
+        _remove_stale_staging(target)
         t0 = time.perf_counter()
         with staging_dir(target) as tmp:
             _check_source(model, parts)
@@ -237,6 +239,19 @@ def _verify(folder: Path) -> Path:
                 raise corrupt(f"the sha256 of {rel} changed")
         _VERIFIED[key] = tuple(state)
     return folder
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Staging folders of conversions that were killed (SIGKILL, power loss) before they could clean up.
+
+    Called with the lock held: any converter still alive holds it too, so every staging folder
+    of ``target`` found now belongs to a dead process.
+    """
+    if importlib.util.find_spec("fcntl") is None:  # no lock (see _lock): a live converter's folder may be among them
+        return
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager

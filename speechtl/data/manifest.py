@@ -91,6 +91,8 @@ def parse_manifest(path: str | os.PathLike) -> tuple[list[Utterance], list[str]]
 
 def _parse_numbered(path: str | os.PathLike) -> tuple[list[tuple[int, Utterance]], list[str]]:
     p = Path(path)
+    if p.is_dir():
+        raise ManifestError(f"{p}: is a folder, not a manifest; give the path of a .jsonl manifest")
     if not p.is_file():
         raise ManifestError(f"{p}: no such manifest file; give the path of a .jsonl manifest")
     base = p.resolve().parent
@@ -130,9 +132,18 @@ def _parse_numbered(path: str | os.PathLike) -> tuple[list[tuple[int, Utterance]
     return utts, problems
 
 
-def read_manifest(path: str | os.PathLike) -> list[Utterance]:
-    """Read a JSONL manifest; raises :class:`ManifestError` naming ``file:line`` of the first problem."""
-    utts, problems = parse_manifest(path)
+def read_manifest(path: str | os.PathLike, *, require_text: bool = False) -> list[Utterance]:
+    """Read a JSONL manifest; raises :class:`ManifestError` naming ``file:line`` of the first problem.
+
+    ``require_text`` makes an empty (or all-space) transcript a problem too, as training needs one
+    (evaluation reports such lines apart instead).
+    """
+    numbered, problems = _parse_numbered(path)
+    if require_text:
+        problems += [f"{path}:{lineno}: {u.id}: empty text; give the transcript or drop the line"
+                     for lineno, u in numbered if not u.text.strip()]
+        problems.sort(key=_line_key)
+    utts = [u for _, u in numbered]
     if problems:
         more = f" (and {len(problems) - 1} more problems; `speechtl-corpus validate` lists them all)"
         raise ManifestError(problems[0] + (more if len(problems) > 1 else ""))
