@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements-models.txt corpora/install_apt.sh
 	touch $@
 
 demo: setup
-	$(PY) bin/speechtl-demo
+	$(PY) bin/speechtl-demo --overwrite
 
 test: setup
 	$(PY) -m pytest -q

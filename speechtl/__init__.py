@@ -26,6 +26,11 @@ _LAZY = {
     "compare": ".evaluate",
     "read_manifest": ".data",
     "write_manifest": ".data",
+    "AccentClassifier": ".routing",
+    "AccentIdReport": ".routing",
+    "Router": ".routing",
+    "evaluate_accent_id": ".routing",
+    "load_accent_classifier": ".routing",
 }
 
 __all__ = ["AudioError", "ModelNotFoundError", "SpeechtlError", *_LAZY]

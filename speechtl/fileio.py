@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import SpeechtlError
+
 
 def default_permissions(path: str | os.PathLike) -> None:
     """Give a temp file (0600) or folder (0700) the permissions a plain ``open``/``mkdir`` would have."""
@@ -16,8 +18,13 @@ def default_permissions(path: str | os.PathLike) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise SpeechtlError(f"{path}: cannot write ({e.strerror or e}); check the folder's permissions and free space") \
+            from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -25,7 +32,10 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         default_permissions(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, quota, permissions: one sentence naming the file
+            raise SpeechtlError(f"{path}: cannot write ({e.strerror or e}); free disk space or choose another "
+                                "folder, then run again") from e
         raise

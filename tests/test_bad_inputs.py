@@ -289,6 +289,11 @@ CASES: dict[str, Case] = {
     "demo/non-empty output folder": Case("demo", lambda t: ["--out", str(_nonempty_out(t))],
                                          ("out", "not empty", "--overwrite"),
                                          absent=("out/synth", "out/manifest.jsonl")),
+    # speechtl-adapt and speechtl-eval, continued
+    "adapt/empty text": Case("adapt", _adapt(_empty_text), ("m.jsonl:2", "empty text")),
+    "eval/non-empty output folder": Case("eval", lambda t: [*_eval(lambda t: manifest(t, rows(t)))(t)[:4],
+                                                            "--out", str(_nonempty_out(t)), "--n-bootstrap", "10"],
+                                         ("out", "not empty", "--overwrite"), absent=("out/report.json",)),
 }
 
 
@@ -319,19 +324,9 @@ def no_partial_output(tmp: Path, absent: tuple[str, ...]) -> None:
     assert not [p for p in tmp.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
 
 
-# Gaps in files owned elsewhere (the fix is in the report); strict, so a fix turns them into failures to un-mark.
-GAPS = {
-    "adapt/empty text": Case("adapt", _adapt(_empty_text), ("m.jsonl:2", "empty text")),
-    "eval/non-empty output folder": Case("eval", lambda t: [*_eval(lambda t: manifest(t, rows(t)))(t)[:4],
-                                                            "--out", str(_nonempty_out(t)), "--n-bootstrap", "10"],
-                                         ("out", "not empty", "--overwrite"), absent=("out/report.json",)),
-}
-
-
-@pytest.mark.parametrize("name", [*CASES, *(pytest.param(name, marks=pytest.mark.xfail(
-    strict=True, reason="needs a fix in a file owned elsewhere")) for name in GAPS)])
+@pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_error_line_and_exit_2(name, tmp_path, capsys, monkeypatch):
-    case = CASES[name] if name in CASES else GAPS[name]
+    case = CASES[name]
     monkeypatch.chdir(tmp_path)
     argv = case.argv(tmp_path)
     if case.patch is not None:

@@ -256,13 +256,13 @@ def test_cli_with_fake_transcriber(tmp_path, monkeypatch, capsys):
     assert seen_args["model"] == "whisper-tiny.en" and seen_args["beam_size"] == 1
 
     errors.update({"US": 2, "Scottish": 1})
-    code = eval_main(["--model", "whisper-tiny.en", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "ad"),
+    code = eval_main(["--model", "whisper-tiny.en", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "ad-eval"),
                       "--baseline", str(tmp_path / "base" / "report.json"), "--target-accent", "Scottish",
                       "--beam-size", "3", "--normalizer", "basic", *common])
     # The baseline was scored with the whisper normaliser: comparing across normalisers is refused.
     assert code == 2 and "same --normalizer" in capsys.readouterr().err
 
-    code = eval_main(["--model", "whisper-tiny.en", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "ad"),
+    code = eval_main(["--model", "whisper-tiny.en", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "ad-eval"),
                       "--baseline", str(tmp_path / "base"), "--target-accent", "Scottish", "--beam-size", "3",
                       *common])
     out = capsys.readouterr().out
@@ -270,7 +270,7 @@ def test_cli_with_fake_transcriber(tmp_path, monkeypatch, capsys):
     assert "Scottish*" in out and "-30.00" in out and "+10.00" in out
     assert "forgetting: 5.00 points" in out
     for name in ("report.json", "comparison.json", "comparison.md", "wer_vs_baseline.png"):
-        assert (tmp_path / "ad" / name).is_file()
+        assert (tmp_path / "ad-eval" / name).is_file()
 
     assert eval_main(["--model", "x", "--manifest", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err

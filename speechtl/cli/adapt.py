@@ -178,10 +178,13 @@ def _asr_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, r
     from ..transfer import adapt
 
     # -- data --------------------------------------------------------------------------------------
-    train_all = read_manifest(args.train)
+    # Speech recognition trains on transcripts: an empty one is a manifest error, with its line.
+    asr = cfg.adapt.head != "classifier" and not cfg.adapt.labels
+    train_all = read_manifest(args.train, require_text=asr)
     train_utts = _select(train_all, splits=(None, "train"), accent=args.target_accent, where=args.train)
     if args.dev:
-        dev_utts = _select(read_manifest(args.dev), splits=(None, "dev"), accent=args.target_accent, where=args.dev)
+        dev_utts = _select(read_manifest(args.dev, require_text=asr), splits=(None, "dev"), accent=args.target_accent,
+                           where=args.dev)
     else:
         dev_utts = _select(train_all, splits=("dev",), accent=args.target_accent, where=f"{args.train} (split=dev)")
     if not train_utts:

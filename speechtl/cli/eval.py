@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import SpeechtlError
 from ..wer import NORMALIZERS
 from ._common import add_common_args, run_cli
 from .transcribe import add_routing_args, routing_kwargs
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the model's)")
     p.add_argument("--metrics", help="a training metrics.jsonl to plot as learning_curves.png in --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in a non-empty --out")
     add_common_args(p)
     return p
 
@@ -49,11 +51,33 @@ def _split_list(text: str | None) -> list[str]:
     return [x.strip() for x in (text or "").split(",") if x.strip()]
 
 
+# Files this tool writes; --overwrite removes them (and only them) before a new report is written.
+_REPORT_FILES = ("report.json", "report.md", "utterances.jsonl", "wer_per_accent.png", "comparison.md",
+                 "comparison.json", "wer_vs_baseline.png", "learning_curves.png")
+
+
+def _prepare_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse a non-empty --out unless --overwrite, and then only one that holds an earlier report."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SpeechtlError(f"--out {out} is a file; give a folder")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it")
+    if not (out / "report.json").is_file():
+        raise SpeechtlError(f"--out {out} does not look like a speechtl-eval output; remove it yourself")
+    for name in _REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..evaluate import Report, _system_name, evaluate
     from ..plots import plot_learning_curves
 
     out = Path(args.out)
+    _prepare_out(out, overwrite=args.overwrite)
     baseline = Report.load(args.baseline) if args.baseline else None  # fail before transcribing
     routing = routing_kwargs(args)
     if routing:

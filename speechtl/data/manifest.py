@@ -165,11 +165,8 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike) -> None:
             raise ManifestError(f"{p}: utterance id {u.id!r} appears twice; ids in a manifest must be unique")
         seen.add(u.id)
         lines.append(json.dumps(u.to_json(folder), ensure_ascii=False))
-    try:
-        atomic_write_text(folder / p.name, "".join(line + "\n" for line in lines))
-    except OSError as e:  # disk full, quota, permissions: the temp file is already gone, the old manifest kept
-        raise ManifestError(f"{p}: cannot write the manifest ({e.strerror or e}); free disk space or choose "
-                            "another path") from e
+    # Disk full, quota, permissions: one error naming the file; the old manifest is kept.
+    atomic_write_text(folder / p.name, "".join(line + "\n" for line in lines))
 
 
 def filter_manifest(
