@@ -519,7 +519,8 @@ def train(
             broadcast_buffers=False)
 
     # -- resume ---------------------------------------------------------------------------------------
-    pos = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None, "bad_evals": 0}
+    pos = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "best_step": None, "bad_evals": 0,
+           "best_loss": None}
     if resume:
         pos = _load_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, info)
         if isinstance(getattr(train_loader, "sampler", None), RandomSampler):
@@ -649,12 +650,17 @@ def train(
             value = last_eval[cfg.metric]
             best = pos["best_metric"]
             improved = best is None or (value < best if cfg.metric_mode == "min" else value > best)
+            # A tie on a coarse metric (accuracy on a small dev set) goes to the lower dev loss, when reported.
+            tie_loss = last_eval.get("loss")
+            if not improved and value == best and tie_loss is not None and pos.get("best_loss") is not None:
+                improved = tie_loss < pos["best_loss"]
             log.write({"step": step, "epoch": epoch, "eval": last_eval, "best": improved})
             if info.is_main:
                 bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_eval.items())
                           + (" (best)" if improved else ""))
             if improved:
                 pos["best_metric"], pos["best_step"], pos["bad_evals"] = value, step, 0
+                pos["best_loss"] = last_eval.get("loss")
                 save("best")
             else:
                 pos["bad_evals"] += 1
@@ -709,7 +715,8 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, scaler,
     else:
         warnings.warn(f"{path}: saved with {ckpt['world_size']} processes, resuming with {info.world_size}; "
                       "random streams restart", RuntimeWarning, stacklevel=3)
-    return {k: ckpt[k] for k in ("step", "epoch", "batch_in_epoch", "best_metric", "best_step", "bad_evals")}
+    return {**{k: ckpt[k] for k in ("step", "epoch", "batch_in_epoch", "best_metric", "best_step", "bad_evals")},
+            "best_loss": ckpt.get("best_loss")}
 
 
 from ._callable import callable_module  # noqa: E402

@@ -198,6 +198,20 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
 
 
+def test_a_tie_on_the_metric_goes_to_the_lower_dev_loss(tmp_path):
+    # Accuracy on a small dev set saturates early; the more confident later model must be kept.
+    evals = iter([(0.0, 0.6), (0.0, 0.3), (0.0, 0.4), (0.1, 0.1)])
+
+    def dev_fn(model):
+        error, loss = next(evals)
+        return {"error": error, "loss": loss}
+
+    result = train(toy(), MSE(), loader(), dev_fn=dev_fn, config=cfg(max_steps=8, eval_every=2, metric="error"),
+                   out_dir=tmp_path)
+    assert result.best_step == 4 and result.best_metric == 0.0
+    assert [r["best"] for r in records(tmp_path) if "eval" in r] == [True, True, False, False]
+
+
 def test_unknown_dev_metric_is_an_error(tmp_path):
     with pytest.raises(SpeechtlError, match="metric 'wer' is not among the dev results"):
         train(toy(), MSE(), loader(), dev_fn=lambda m: {"accuracy": 1.0}, config=cfg(eval_every=1), out_dir=tmp_path)
