@@ -33,6 +33,8 @@ def load_audio(
         raise AudioError(f"{p}: no such audio file; check the path (relative paths in a manifest are read from its folder)")
     if not p.is_file():
         raise AudioError(f"{p}: is not a file (a folder?); give the path of a sound file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: is an empty file (0 bytes); re-export it, or remove it from the input")
     try:
         info = sf.info(str(p))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with varying text

@@ -222,7 +222,7 @@ CASES: dict[str, Case] = {
     "transcribe/corrupt audio": Case("transcribe", _transcribe(lambda t: _bytes(t / "bad.wav", os.urandom(3000))),
                                      ("bad.wav", "cannot decode audio", "re-export")),
     "transcribe/empty file": Case("transcribe", _transcribe(lambda t: _bytes(t / "empty.wav", b"")),
-                                  ("empty.wav", "cannot decode audio")),
+                                  ("empty.wav", "empty file (0 bytes)")),
     "transcribe/zero-length audio": Case("transcribe", _transcribe(lambda t: wav(t / "zero.wav", seconds=0)),
                                          ("zero.wav", "holds no samples", "remove it")),
     "transcribe/NaN samples": Case("transcribe", _transcribe(lambda t: wav(t / "nan.wav", subtype="FLOAT", nan=True)),
