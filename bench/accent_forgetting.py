@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Accent adaptation without forgetting, on real speech: zero-shot vs LoRA vs LoRA+replay vs routing.
+
+Target accent: Mandarin-L1 English (speechocean762, 50 speakers), split by speaker into train
+(40 speakers), dev (5) and test (5). Native side, never trained on by the ASR adapters: VCTK
+(England) and LJSpeech (US) from ``../shared/data/real``. Replay data: synthetic native voices
+(Debian TTS: us, gb, scottish) built offline by :func:`speechtl.data.synth.build_corpus`.
+
+Systems, all on whisper-tiny.en with the same LoRA settings and steps:
+
+- ``zero-shot``: the packaged model as is.
+- ``lora``: LoRA on the Mandarin-L1 train speakers (``speechtl-adapt --method lora``).
+- ``lora+replay``: the same plus replay of the synthetic native voices (a quarter of each
+  batch) and distillation towards the base model on them (``replay_fraction``, ``distill_weight``).
+- ``routed``: the plain LoRA adapter behind an accent classifier (``speechtl-adapt --task
+  accent-id``: frozen encoder, learned layer mix, small head) trained on Mandarin-L1 train
+  speakers vs native speech (the synthetic voices plus the real VCTK speakers p225, p226 and the
+  LJSpeech speaker, each real clip repeated ``--real-native-repeat`` times); an utterance the
+  classifier does not call Mandarin-L1 runs on the base model.
+
+The accent classifier is scored on held-out speakers only (speechocean762 test speakers, VCTK
+p227/p228). Native WER is reported on all 48 native clips and, apart, on the 20 clips of the
+speakers the classifier never saw.
+
+    python bench/accent_forgetting.py [--work /tmp/accent-exp] [--steps 180] [--out bench/results]
+
+Writes ``OUT/accent_forgetting.json`` and ``.md``. Runs found complete in ``--work`` are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = "Mandarin-L1"
+# Real native speakers the accent classifier trains on (VCTK England, LJSpeech US); p227/p228 stay held out.
+NATIVE_FOR_CLASSIFIER = ("p225", "p226", "LJ")
+LORA_KEYS = ["lr=3e-4", "warmup_steps=10", "batch_seconds=40", "seed=0"]
+
+
+def _adapt(argv: list[str], out: Path) -> float:
+    """Run speechtl-adapt unless ``out`` holds a finished run; returns the wall time (0 when reused)."""
+    from speechtl.cli.adapt import main
+
+    if (out / "result.json").is_file():
+        print(f"reusing {out}", flush=True)
+        return json.loads((out / "result.json").read_text()).get("wall_seconds", 0.0)
+    t = time.perf_counter()
+    rc = main([*argv, "--out", str(out), "--overwrite"])
+    if rc:
+        sys.exit(f"speechtl-adapt failed ({rc}): {' '.join(argv)}")
+    wall = time.perf_counter() - t
+    result = json.loads((out / "result.json").read_text())
+    result["wall_seconds"] = wall
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return wall
+
+
+def _wers(report) -> dict[str, Any]:
+    return {a: {"wer": g.wer, "ci": [g.ci_low, g.ci_high], "utterances": g.utterances}
+            for a, g in report.accents.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/accent-exp", help="folder for manifests, runs and reports")
+    ap.add_argument("--shared-data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--model", default="whisper-tiny.en")
+    ap.add_argument("--steps", type=int, default=180, help="LoRA steps (both ASR adapters)")
+    ap.add_argument("--replay-fraction", type=float, default=0.25)
+    ap.add_argument("--distill-weight", type=float, default=1.0)
+    ap.add_argument("--real-native-repeat", type=int, default=4,
+                    help="copies of each real native clip in the classifier's training set (synthetic voices alone "
+                         "teach it 'synthetic vs real' rather than the accent)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args()
+
+    from speechtl.data import read_manifest, split_by_speaker, write_manifest
+    from speechtl.data.importers import import_speechocean762
+    from speechtl.data.synth import build_corpus
+    from speechtl.evaluate import Report, evaluate
+    from speechtl.routing import evaluate_accent_id
+
+    shared = Path(args.shared_data)
+    if not (shared / "speechocean762" / "train" / "text").is_file() or not (shared / "real").is_dir():
+        sys.exit(f"{shared}: needs speechocean762/ and real/ (see ../shared/data/README.md)")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    # -- data -------------------------------------------------------------------------------------
+    so = split_by_speaker(import_speechocean762(shared / "speechocean762"), dev=0.1, test=0.1, seed=0)
+    write_manifest(so, work / "so762.jsonl")
+    native = read_manifest(shared / "real" / "manifest.jsonl")
+    for u in native:
+        u.split = "test"
+    synth = build_corpus(work / "native-synth", ["us", "gb", "scottish"], per_accent=60, seed=1, heldout=[],
+                         dev=0.15, test=0.0, progress=False)
+    replay_manifest = work / "native-synth" / "manifest.jsonl"
+
+    def relabel(utts, accent, split):
+        out = []
+        for u in utts:
+            v = type(u)(**{**u.__dict__})
+            v.accent, v.split = accent, split
+            out.append(v)
+        return out
+
+    so_by = {s: [u for u in so if u.split == s] for s in ("train", "dev", "test")}
+    per_spk: dict[str, int] = {}
+    clf_train_so = []
+    for u in so_by["train"]:
+        per_spk[u.speaker] = per_spk.get(u.speaker, 0) + 1
+        if per_spk[u.speaker] <= 8:  # 8 clips per speaker keep the classifier's classes near balance
+            clf_train_so.append(u)
+    real_native = [u for u in native if u.speaker in NATIVE_FOR_CLASSIFIER]
+    repeated = [type(u)(**{**u.__dict__, "id": f"{u.id}__copy{k}"}) for k in range(1, args.real_native_repeat)
+                for u in real_native]
+    clf_native_train = [u for u in synth if u.split == "train"] + real_native + repeated
+    clf_rows = (relabel(clf_train_so, TARGET, "train") + relabel(clf_native_train, "native", "train")
+                + relabel(so_by["dev"], TARGET, "dev") + relabel([u for u in synth if u.split == "dev"], "native", "dev"))
+    write_manifest(clf_rows, work / "accent_id.jsonl")
+    heldout_native = [u for u in native if u.speaker not in NATIVE_FOR_CLASSIFIER]
+    clf_test = relabel(so_by["test"], TARGET, "test") + relabel(heldout_native, "native", "test")
+
+    # -- training ---------------------------------------------------------------------------------
+    base = ["--model", args.model, "--train", str(work / "so762.jsonl"), "--method", "lora",
+            "--target-accent", TARGET, *LORA_KEYS, f"max_steps={args.steps}", f"eval_every={args.steps // 3}"]
+    wall = {"lora": _adapt(base, work / "lora")}
+    wall["lora+replay"] = _adapt([*base, f"replay_manifest={replay_manifest}",
+                                  f"replay_fraction={args.replay_fraction}", f"distill_weight={args.distill_weight}"],
+                                 work / "lora-replay")
+    wall["accent-id"] = _adapt(["--model", args.model, "--task", "accent-id", "--train", str(work / "accent_id.jsonl"),
+                                "epochs=4", "lr=1e-3", "batch_seconds=60", "seed=0"], work / "accent-id")
+    classifier = work / "accent-id" / "adapter"
+
+    # -- evaluation -------------------------------------------------------------------------------
+    test_utts = so_by["dev"] + native
+    common = dict(heldout_accents=sorted({u.accent for u in native}), target_accent=TARGET, progress=True)
+
+    def scored(name: str, **kw):
+        out_dir = work / f"eval-{name}"
+        if (out_dir / "report.json").is_file() and "accent_classifier" not in kw:  # a fixed system: reuse
+            print(f"reusing {out_dir}", flush=True)
+            return Report.load(out_dir)
+        return evaluate(args.model, test_utts, out_dir=out_dir, **common, **kw)
+
+    reports = {
+        "zero-shot": scored("zero-shot"),
+        "lora": scored("lora", adapter=work / "lora" / "adapter"),
+        "lora+replay": scored("lora-replay", adapter=work / "lora-replay" / "adapter"),
+        "routed": scored("routed", adapters={TARGET: work / "lora" / "adapter"}, accent_classifier=classifier,
+                         route="auto"),
+    }
+    acc = evaluate_accent_id(classifier, clf_test)
+
+    # -- table ------------------------------------------------------------------------------------
+    zs = reports["zero-shot"]
+    cut_lora = zs.accents[TARGET].wer - reports["lora"].accents[TARGET].wer
+    heldout_ids = {u.id for u in heldout_native}
+    rows = []
+    for name, rep in reports.items():
+        row: dict[str, Any] = {"system": name, "accents": _wers(rep)}
+        cut = zs.accents[TARGET].wer - rep.accents[TARGET].wer
+        row["target_cut_points"] = cut * 100
+        row["share_of_lora_cut"] = cut / cut_lora if cut_lora > 0 else None
+        for a in sorted({u.accent for u in native}):
+            row[f"{a}_change_points"] = (rep.accents[a].wer - zs.accents[a].wer) * 100
+        scores = [r.score for r in rep.utterances if r.id in heldout_ids]
+        row["native_unseen_by_classifier_wer"] = (sum(s.substitutions + s.deletions + s.insertions for s in scores)
+                                                  / max(1, sum(s.ref_words for s in scores)))
+        routes = [(r.accent, getattr(r, "route", None)) for r in rep.utterances]
+        if any(route for _, route in routes):
+            row["routes"] = {}
+            for accent, route in routes:
+                name = getattr(route, "name", route)
+                row["routes"].setdefault(accent, {}).setdefault(name, 0)
+                row["routes"][accent][name] += 1
+        rows.append(row)
+    result = {
+        "bench": "accent_forgetting",
+        "model": args.model,
+        "steps": args.steps,
+        "replay_fraction": args.replay_fraction,
+        "classifier_native_speakers": list(NATIVE_FOR_CLASSIFIER),
+        "real_native_repeat": args.real_native_repeat,
+        "distill_weight": args.distill_weight,
+        "data": {"train_speakers": len({u.speaker for u in so_by["train"]}),
+                 "dev_speakers": len({u.speaker for u in so_by["dev"]}),
+                 "dev_utterances": len(so_by["dev"]), "native_utterances": len(native),
+                 "replay_utterances": sum(u.split == "train" for u in synth)},
+        "systems": rows,
+        "accent_id_heldout_speakers": acc.to_json(),
+        "train_wall_seconds": wall,
+        "total_seconds": time.perf_counter() - t0,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "python": platform.python_version(), "load_average": os.getloadavg()},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accent_forgetting.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "accent_forgetting.md").write_text(_markdown(result))
+    print(_markdown(result))
+    return 0
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    native = [k[: -len("_change_points")] for k in r["systems"][0] if k.endswith("_change_points")]
+    head = f"| system | {TARGET} dev WER | share of LoRA's cut | " + " | ".join(
+        f"{a} WER (Δ vs zero-shot)" for a in native) + " | native WER, speakers unseen by the classifier | routes |"
+    lines = [f"# Accent adaptation without forgetting ({r['model']}, {r['steps']} LoRA steps)", "", head,
+             "|" + "---|" * (5 + len(native))]
+    for row in r["systems"]:
+        acc = row["accents"]
+        share = "—" if row["share_of_lora_cut"] is None or row["system"] == "zero-shot" else \
+            f"{row['share_of_lora_cut'] * 100:.0f} %"
+        cells = [row["system"], f"{acc[TARGET]['wer'] * 100:.2f} %", share]
+        cells += [f"{acc[a]['wer'] * 100:.2f} % ({row[f'{a}_change_points']:+.2f})" for a in native]
+        cells.append(f"{row['native_unseen_by_classifier_wer'] * 100:.2f} %")
+        cells.append("; ".join(f"{a}: " + ", ".join(f"{k} {n}" for k, n in sorted(r.items()))
+                               for a, r in sorted(row.get("routes", {}).items())) or "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    a = r["accent_id_heldout_speakers"]
+    lines += ["", f"Accent classifier on held-out speakers: accuracy {a['accuracy'] * 100:.1f} % "
+              f"({a.get('utterances', '?')} utterances); recall per class: "
+              + ", ".join(f"{k} {v * 100:.1f} %" for k, v in a.get("recall", {}).items()), "",
+              f"Data: {r['data']}. Replay fraction {r['replay_fraction']}, distillation weight {r['distill_weight']}.",
+              "", "Reproduce: `python bench/accent_forgetting.py`", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
