@@ -16,6 +16,15 @@ EXIT_USAGE = 2
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
+def out_in_use(out: os.PathLike) -> bool:
+    """Whether ``--out`` holds anything: False when it is absent or an empty folder; an error when it is a file."""
+    if not os.path.exists(out):
+        return False
+    if not os.path.isdir(out):
+        raise SpeechtlError(f"--out {out} is a file; give a folder")
+    return any(os.scandir(out))
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
 

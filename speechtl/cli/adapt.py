@@ -33,7 +33,7 @@ import yaml
 
 from ..config import METHODS, RunConfig, atomic_write_text, describe_keys, load_config
 from ..errors import SpeechtlError
-from ._common import add_common_args, run_cli
+from ._common import add_common_args, out_in_use, run_cli
 
 # Files a previous run of this tool leaves; --overwrite removes a folder only when it looks like one.
 _RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "adapter", "result.json")
@@ -78,16 +78,13 @@ def _prepare_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool) -> 
         if not (out / "checkpoints" / "last.pt").is_file():
             raise SpeechtlError(f"{out}: no checkpoints/last.pt to resume from; start a new run instead")
         return
-    if not is_main or not out.exists():
+    if not is_main or not out_in_use(out):
         return
-    if not out.is_dir():
-        raise SpeechtlError(f"--out {out} is a file; give a folder")
-    if any(out.iterdir()):
-        if not overwrite:
-            raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it or --resume to continue it")
-        if not any((out / name).exists() for name in _RUN_FILES):
-            raise SpeechtlError(f"--out {out} does not look like a speechtl-adapt output; remove it yourself")
-        shutil.rmtree(out)
+    if not overwrite:
+        raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it or --resume to continue it")
+    if not any((out / name).exists() for name in _RUN_FILES):
+        raise SpeechtlError(f"--out {out} does not look like a speechtl-adapt output; remove it yourself")
+    shutil.rmtree(out)
 
 
 def _select(utts, *, splits: tuple, accent: str | None, where: str):

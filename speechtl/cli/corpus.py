@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SpeechtlError
-from ._common import add_common_args, run_cli
+from ._common import add_common_args, out_in_use, run_cli
 
 
 def _csv(value: str) -> list[str]:
@@ -161,11 +161,7 @@ def _split(args: argparse.Namespace) -> int:
 
 def _check_synth_out(out: Path, args: argparse.Namespace, heldout: list[str] | None) -> None:
     """Continue an interrupted synth run with the same settings; refuse to write over anything else."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise SpeechtlError(f"--out {out} is a file; give a folder")
-    if not any(out.iterdir()):
+    if not out_in_use(out):
         return
     config_path = out / "synth_config.json"
     if not config_path.is_file():

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import SpeechtlError
-from ._common import add_common_args, run_cli
+from ._common import add_common_args, out_in_use, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,11 +48,7 @@ def _step(msg: str) -> None:
 
 def _prepare_out(out: Path, *, overwrite: bool) -> None:
     """Refuse a non-empty --out unless --overwrite, and then only an earlier demo's (keeping its synth/ audio)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise SpeechtlError(f"--out {out} is a file; give a folder")
-    if not any(out.iterdir()):
+    if not out_in_use(out):
         return
     if not overwrite:
         raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace an earlier demo's results, "

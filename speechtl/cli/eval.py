@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import SpeechtlError
 from ..wer import NORMALIZERS
-from ._common import add_common_args, run_cli
+from ._common import add_common_args, out_in_use, run_cli
 from .transcribe import add_routing_args, routing_kwargs
 
 
@@ -58,11 +58,7 @@ _REPORT_FILES = ("report.json", "report.md", "utterances.jsonl", "wer_per_accent
 
 def _prepare_out(out: Path, *, overwrite: bool) -> None:
     """Refuse a non-empty --out unless --overwrite, and then only one that holds an earlier report."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise SpeechtlError(f"--out {out} is a file; give a folder")
-    if not any(out.iterdir()):
+    if not out_in_use(out):
         return
     if not overwrite:
         raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it")
