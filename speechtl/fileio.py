@@ -17,15 +17,16 @@ def default_permissions(path: str | os.PathLike) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder, fsync, rename."""
+    """Write ``text`` to ``path`` through a temp file in the same folder, fsync, rename.
+
+    A failed write (disk full, quota, permissions) leaves the old file as it was and raises one
+    :class:`SpeechtlError` naming ``path``.
+    """
     path = Path(path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise SpeechtlError(f"{path}: cannot write ({e.strerror or e}); check the folder's permissions and free space") \
-            from e
-    try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -33,9 +34,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError):  # disk full, quota, permissions: one sentence naming the file
+        if isinstance(e, OSError):
             raise SpeechtlError(f"{path}: cannot write ({e.strerror or e}); free disk space or choose another "
                                 "folder, then run again") from e
         raise
