@@ -41,6 +41,8 @@ class AdaptConfig:
     head_layers: int = 0  # BiLSTM layers under a new CTC head (0: linear)
     head_hidden: int = 256  # width of a new head's hidden layer (BiLSTM / classifier projection)
     head_dropout: float = 0.1
+    head_pooling: Literal["mean", "stats"] = "mean"  # a classifier's pooling over frames: mean, or mean and std
+    head_norm: bool = False  # a classifier layer-normalises each hidden state before mixing (s3prl's normalize)
     # finetune
     top_n_layers: int | None = None  # train only the top N encoder layers (+ the backbone's head group)
     layer_decay: float = 1.0  # lr of a group = lr * layer_decay ** depth (depth 0 = head, grows downwards)
@@ -98,6 +100,9 @@ class DataConfig:
     max_clip_seconds: float = 30.0
     short_clips: bool = True  # Whisper: pad to the batch's longest clip, not 30 s
     num_workers: int = 0
+    # Training audio augmentation, drawn per clip and epoch (speechtl.data.loader.AudioDataset):
+    speed_perturb: list[float] = field(default_factory=list)  # speed factors, e.g. 0.9,1.0,1.1 (empty: off)
+    noise_snr: list[float] = field(default_factory=list)  # white noise at an SNR in dB: one value or low,high
     specaug: bool = False
     specaug_freq_masks: int = 2
     specaug_freq_width: int = 27  # mel bins (Whisper) or CNN channels (wav2vec2 family)

@@ -55,6 +55,7 @@ Transcriber = Callable[[list[Utterance]], list[str]]
 
 CI_LEVEL = 0.95
 N_BOOTSTRAP = 1000
+ROUTE_BY = ("utterance", "speaker")
 TOP_CONFUSIONS = 20
 # Resamples are drawn in chunks so that the (resamples, speakers) index matrix stays small.
 _MAX_BOOT_CELLS = 4_000_000
@@ -582,7 +583,9 @@ class Report:
         m = self.meta
         how = (f"route `{m.get('route')}`" + (", soft LoRA mixture (route = largest weight)" if m.get("soft_route")
                                               else f", min_prob {m.get('min_prob')}" if m.get("route") == "auto"
-                                              else ""))
+                                              else "")
+               + (", one route per speaker (the classifier's evidence pooled over the speaker's utterances)"
+                  if m.get("route_by") == "speaker" else ""))
         adapters = ", ".join(f"{a} = `{d}`" for a, d in (m.get("adapters") or {}).items())
         lines = ["", "## Routes", "", f"Adapters: {adapters or 'none'}; {how}.", ""]
         by_route: dict[str, list[UtteranceRecord]] = defaultdict(list)
@@ -996,6 +999,7 @@ def evaluate(
     route: str = "auto",
     min_prob: float = 0.5,
     soft_route: bool = False,
+    route_by: str = "utterance",
     normalizer: str | Normalizer = "whisper",
     batch_size: int = 8,
     beam_size: int = 1,
@@ -1018,6 +1022,8 @@ def evaluate(
         adapters, accent_classifier, route, min_prob, soft_route: route each utterance to the
             adapter of its accent (see :func:`speechtl.transcribe.transcribe`, where ``soft_route``
             is ``soft``); each record keeps its route and probability.
+        route_by: ``"utterance"`` (each utterance decides alone) or ``"speaker"`` (with ``route="auto"``,
+            a speaker's utterances share one route, chosen on the classifier's evidence pooled over them).
         normalizer: ``whisper``, ``basic``, ``none`` or a normaliser object, applied to
             references and hypotheses alike.
         heldout_accents: accents unseen in training, reported apart (utterances whose split
@@ -1064,6 +1070,11 @@ def evaluate(
             raise SpeechtlError(f"target accent {target_accent!r} is also held out; an accent cannot be both")
 
     routing = bool(adapters) or accent_classifier is not None
+    if route_by not in ROUTE_BY:
+        raise SpeechtlError(f"route_by={route_by!r}: choose {' or '.join(ROUTE_BY)}")
+    if route_by == "speaker" and (not routing or route != "auto"):
+        raise SpeechtlError("route_by='speaker' pools the accent classifier's evidence per speaker; it needs "
+                            "route='auto' with adapters and an accent_classifier")
     if routing and transcriber is not None:
         raise SpeechtlError("routing (adapters, accent_classifier) needs the model to transcribe, not a transcriber")
     routes = None
@@ -1074,6 +1085,7 @@ def evaluate(
                                    progress=progress, device=device,
                                    routing={"adapters": adapters, "accent_classifier": accent_classifier,
                                             "route": route, "min_prob": min_prob, "soft": soft_route,
+                                            "speakers": [u.speaker for u in utts] if route_by == "speaker" else None,
                                             "return_routes": True})
     else:
         hyps = _transcribe(model, utts, adapter=adapter, batch_size=batch_size, beam_size=beam_size,
@@ -1095,7 +1107,8 @@ def evaluate(
         **({"adapters": {a: str(d) for a, d in (adapters or {}).items()},
             "accent_classifier": str(accent_classifier) if isinstance(accent_classifier, str | os.PathLike)
             else None if accent_classifier is None else type(accent_classifier).__name__,
-            "route": route, "min_prob": min_prob, "soft_route": soft_route} if routing else {}),
+            "route": route, "min_prob": min_prob, "soft_route": soft_route, "route_by": route_by}
+           if routing else {}),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "speechtl_version": _version(),
     }

@@ -2,7 +2,8 @@
 
 An accent classifier is the feature-extraction transfer mode on a speech encoder: the encoder
 stays frozen, a small :class:`~speechtl.transfer.ClassifierHead` reads a learned softmax-weighted
-sum of its layers and mean-pools over the valid frames (``speechtl-adapt --task accent-id``).
+sum of its layers and pools over the valid frames (``speechtl-adapt --task accent-id``: layer-normalised
+states, mean and standard deviation pooling).
 
 :class:`Router` loads several accent adapters once onto one base model (as named adapters,
 switched by name; the base model is the adapters disabled) and picks, per utterance:
@@ -15,6 +16,11 @@ switched by name; the base model is the adapters disabled) and picks, per uttera
 - ``soft=True`` (LoRA only): a mixture of every LoRA adapter weighted by the classifier's
   probability of its accent (classes without an adapter keep their share on the base model):
   each adapted layer computes ``base(x) + sum_a p_a * B_a A_a x * scale_a``.
+
+Accent belongs to the speaker, not the utterance: given ``groups`` (e.g. each utterance's
+speaker), ``auto`` pools the classifier's evidence over a group (the mean of its utterances'
+log-probabilities, renormalised) and sends the whole group one way, which is steadier than
+deciding each short utterance alone.
 
 When the classifier was trained on the same base weights in ``features`` mode it shares the
 router's encoder (run with adapters disabled, so it sees exactly the encoder it was trained on);
@@ -200,7 +206,8 @@ def load_accent_classifier(directory: str | os.PathLike, *, backbone: nn.Module 
 
         head = ClassifierHead(backbone.hidden_size, backbone.num_layers + 1, head_desc["labels"],
                               weighted_layers=cfg["weighted_layers"], hidden=cfg["head_hidden"],
-                              dropout=cfg["head_dropout"])
+                              dropout=cfg["head_dropout"], pooling=cfg.get("head_pooling", "mean"),
+                              normalize=cfg.get("head_norm", False))
         try:
             state = load_file(str(directory / WEIGHTS))
         except FileNotFoundError:
@@ -319,8 +326,14 @@ class Router:
 
     # -- choosing ---------------------------------------------------------------------------------
     def choose(self, waves: Sequence[np.ndarray], *, route: str = "auto", min_prob: float = 0.5, soft: bool = False,
-               batch_size: int = 8) -> list[Route]:
-        """The route of each waveform ``(samples,)`` (see the module docstring for the modes)."""
+               batch_size: int = 8, groups: Sequence[Any] | None = None) -> list[Route]:
+        """The route of each waveform ``(samples,)`` (see the module docstring for the modes).
+
+        ``groups``: one label per waveform (e.g. its speaker; None decides alone); with ``auto``
+        the waveforms of a label share one route, chosen on their pooled probabilities.
+        """
+        if groups is not None and len(groups) != len(waves):
+            raise SpeechtlError(f"got {len(groups)} route groups for {len(waves)} utterances; give one per utterance")
         if route == "none":
             return [Route(BASE)] * len(waves)
         if route != "auto":
@@ -343,6 +356,8 @@ class Router:
         if soft:
             self.check_soft()
         probs = self.classifier.probabilities(waves, batch_size=batch_size, encoder_context=self._encoder_context())
+        if groups is not None:
+            probs = pool_by_group(probs, groups)
         cols = [self.classifier.labels.index(a) for a in self.accents]
         routes = []
         for p in probs:
@@ -415,6 +430,21 @@ class Router:
             self.model.set_adapter(active)
 
 
+def pool_by_group(probs: np.ndarray, groups: Sequence[Any]) -> np.ndarray:
+    """Each row replaced by its group's pooled class distribution: the softmax of the mean
+    log-probability over the group's rows (rows whose group is None stay as they are)."""
+    out = np.array(probs, dtype=np.float64, copy=True)
+    members: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g is not None:
+            members.setdefault(g, []).append(i)
+    for idx in members.values():
+        logp = np.log(np.clip(out[idx], 1e-12, 1.0)).mean(0)
+        pooled = np.exp(logp - logp.max())
+        out[idx] = pooled / pooled.sum()
+    return out
+
+
 def get_router(backbone: nn.Module, adapters: Mapping[str, str | os.PathLike] | None,
                accent_classifier: Any) -> Router:
     """A :class:`Router` for ``backbone``, built once and kept on it: calling again with the same
@@ -443,7 +473,8 @@ class AccentIdReport:
 
     ``confusion[i][j]``: utterances of gold accent ``gold[i]`` predicted as ``labels[j]``;
     ``recall[a]``: the fraction of accent ``a``'s utterances predicted as ``a`` (None when the
-    set has none of it).
+    set has none of it); ``speakers[s]``: speaker ``s``'s gold accent, utterances and how many of
+    them were called right (empty when the utterances carry no speakers).
     """
 
     labels: list[str]
@@ -453,6 +484,7 @@ class AccentIdReport:
     recall: dict[str, float | None]
     utterances: int
     meta: dict[str, Any] = field(default_factory=dict)
+    speakers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def balanced_accuracy(self) -> float:
@@ -463,12 +495,13 @@ class AccentIdReport:
     def to_json(self) -> dict[str, Any]:
         return {"meta": self.meta, "utterances": self.utterances, "accuracy": self.accuracy,
                 "balanced_accuracy": self.balanced_accuracy, "recall": self.recall, "labels": self.labels,
-                "gold": self.gold, "confusion": self.confusion}
+                "gold": self.gold, "confusion": self.confusion, "speakers": self.speakers}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> AccentIdReport:
         return cls(labels=obj["labels"], gold=obj["gold"], confusion=obj["confusion"], accuracy=obj["accuracy"],
-                   recall=obj["recall"], utterances=obj["utterances"], meta=obj.get("meta", {}))
+                   recall=obj["recall"], utterances=obj["utterances"], meta=obj.get("meta", {}),
+                   speakers=obj.get("speakers", {}))
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -486,13 +519,18 @@ class AccentIdReport:
             r = self.recall.get(g)
             lines.append(g.ljust(width + 2) + "".join(str(c).rjust(width + 2) for c in row)
                          + (f"{100 * r:.1f}" if r is not None else "-").rjust(10))
+        missed = {s: v for s, v in self.speakers.items() if v["correct"] < v["utterances"]}
+        if missed:
+            lines.append(f"speakers not always right ({len(missed)} of {len(self.speakers)}): " + ", ".join(
+                f"{s} ({v['accent']}) {v['correct']}/{v['utterances']}" for s, v in sorted(missed.items())))
         return "\n".join(lines)
 
 
 def accent_id_scores(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str],
-                     meta: dict[str, Any] | None = None) -> AccentIdReport:
-    """Accuracy, per-accent recall and confusion matrix of ``predicted`` against ``gold`` accents."""
-    if len(gold) != len(predicted):
+                     meta: dict[str, Any] | None = None, speakers: Sequence[str | None] | None = None) -> AccentIdReport:
+    """Accuracy, per-accent recall and confusion matrix of ``predicted`` against ``gold`` accents
+    (and, given each utterance's speaker, how often each speaker was called right)."""
+    if len(gold) != len(predicted) or (speakers is not None and len(speakers) != len(gold)):
         raise SpeechtlError(f"got {len(predicted)} predictions for {len(gold)} utterances")
     if not gold:
         raise SpeechtlError("no utterances to score accent identification on")
@@ -505,8 +543,16 @@ def accent_id_scores(gold: Sequence[str], predicted: Sequence[str], labels: Sequ
     recall = {g: (rows[g][labels.index(g)] / sum(rows[g]) if g in labels else 0.0) if g in present else None
               for g in gold_names}
     accuracy = sum(g == p for g, p in zip(gold, predicted)) / len(gold)
+    per_speaker: dict[str, dict[str, Any]] = {}
+    for s, g, p in zip(speakers or (), gold, predicted):
+        if s is None:
+            continue
+        row = per_speaker.setdefault(s, {"accent": g, "utterances": 0, "correct": 0})
+        row["utterances"] += 1
+        row["correct"] += int(g == p)
     return AccentIdReport(labels=labels, gold=gold_names, confusion=[rows[g] for g in gold_names],
-                          accuracy=accuracy, recall=recall, utterances=len(gold), meta=dict(meta or {}))
+                          accuracy=accuracy, recall=recall, utterances=len(gold), meta=dict(meta or {}),
+                          speakers=per_speaker)
 
 
 def evaluate_accent_id(classifier: AccentClassifier | nn.Module | str | os.PathLike,
@@ -539,4 +585,5 @@ def evaluate_accent_id(classifier: AccentClassifier | nn.Module | str | os.PathL
     probs = classifier.probabilities(waves, batch_size=batch_size)
     predicted = [classifier.labels[i] for i in probs.argmax(1)]
     return accent_id_scores([u.accent for u in utts], predicted, classifier.labels,
-                            meta={"manifest": name, "speakers": len({u.speaker for u in utts})})
+                            meta={"manifest": name, "speakers": len({u.speaker for u in utts})},
+                            speakers=[u.speaker for u in utts])

@@ -184,7 +184,9 @@ class _SkipBatches:
 
 
 def _set_epoch(loader: Iterable, epoch: int) -> None:
-    for obj in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None), loader):
+    # The samplers reshuffle; the dataset draws fresh augmentation.
+    for obj in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None),
+                getattr(loader, "dataset", None), loader):
         if obj is not None and hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
 

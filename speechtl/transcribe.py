@@ -32,6 +32,7 @@ def transcribe(
     route: str = "auto",
     min_prob: float = 0.5,
     soft: bool = False,
+    speakers: Sequence[Any] | None = None,
     return_routes: bool = False,
     max_new_tokens: int = 128,
     max_seconds: float = DEFAULT_MAX_SECONDS,
@@ -56,6 +57,8 @@ def transcribe(
             probability go to the base model.
         soft: with ``"auto"``, mix the LoRA adapters weighted by the classifier's probabilities
             (weights rounded to 0.01) instead of picking one.
+        speakers: one speaker label per input (None: decide that input alone); with ``"auto"`` a
+            speaker's inputs share one route, chosen on the classifier's evidence pooled over them.
         return_routes: return ``(texts, routes)``, with a :class:`speechtl.routing.Route` per input.
         device: where to run; the model's own device by default.
         progress: show a progress bar; by default when there is more than one batch.
@@ -86,6 +89,12 @@ def transcribe(
 
         backbone = load_adapter(backbone, adapter)
     items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray) else list(audio)
+    if speakers is not None:
+        if router is None:
+            raise SpeechtlError("speakers groups inputs for routing; give adapters={accent: DIR, ...} and an "
+                                "accent_classifier too")
+        if len(speakers) != len(items):
+            raise SpeechtlError(f"got {len(speakers)} speakers for {len(items)} inputs; give one per input")
     if device is not None:
         backbone.to(device)
     device = next(backbone.parameters()).device
@@ -96,7 +105,8 @@ def transcribe(
         for a in items
     ]
     if router is not None:
-        routes = router.choose(waves, route=route, min_prob=min_prob, soft=soft, batch_size=batch_size)
+        routes = router.choose(waves, route=route, min_prob=min_prob, soft=soft, batch_size=batch_size,
+                               groups=speakers)
         generator = router.generator
     else:
         routes = []

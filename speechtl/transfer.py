@@ -38,6 +38,7 @@ from .config import AdaptConfig, make
 from .errors import SpeechtlError
 
 ADAPTER_METHODS = (*PEFT_METHODS, "bottleneck")
+POOLINGS = ("mean", "stats")
 
 # --------------------------------------------------------------------------------------------
 # Heads
@@ -72,17 +73,21 @@ class LayerMix(nn.Module):
     """Softmax-weighted sum of a backbone's hidden states (SUPERB's featurizer).
 
     ``forward(states)``: ``num_states`` tensors ``(batch, frames, hidden)`` -> ``(batch, frames, hidden)``.
-    The weights start equal.
+    The weights start equal. With ``normalize`` each state is layer-normalised (no learned scale)
+    before the sum, so that no layer dominates by its magnitude (s3prl's ``normalize``).
     """
 
-    def __init__(self, num_states: int):
+    def __init__(self, num_states: int, *, normalize: bool = False):
         super().__init__()
         self.weights = nn.Parameter(torch.zeros(num_states))
+        self.normalize = normalize
 
     def forward(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(states) != self.weights.numel():
             raise ValueError(f"expected {self.weights.numel()} hidden states, got {len(states)}")
         w = torch.softmax(self.weights.float(), dim=0)
+        if self.normalize:
+            states = [F.layer_norm(s.float(), s.shape[-1:]) for s in states]
         return sum(wi * s.float() for wi, s in zip(w, states))
 
     def layer_weights(self) -> list[float]:
@@ -136,27 +141,44 @@ class CTCHead(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Utterance classifier: optional layer mix, projection, mean over valid frames, linear to classes.
+    """Utterance classifier: optional layer mix, projection, pooling over valid frames, linear to classes.
+
+    ``pooling="mean"`` averages the projected frames; ``"stats"`` joins their mean and standard
+    deviation (x-vector statistics pooling), which keeps how the voice varies over the utterance.
+    ``normalize`` layer-normalises each hidden state (no learned scale) before the mix.
 
     ``forward(enc)`` -> logits ``(batch, len(labels))``.
     """
 
     def __init__(self, hidden_size: int, num_states: int, labels: Sequence[str], *, weighted_layers: bool = False,
-                 hidden: int = 256, dropout: float = 0.1):
+                 hidden: int = 256, dropout: float = 0.1, pooling: str = "mean", normalize: bool = False):
         super().__init__()
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise SpeechtlError(f"a classifier needs at least two distinct labels, got {list(labels)}")
+        if pooling not in POOLINGS:
+            raise SpeechtlError(f"head_pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
         self.labels = list(labels)
-        self.mix = LayerMix(num_states) if weighted_layers else None
+        self.pooling = pooling
+        self.normalize = normalize
+        self.mix = LayerMix(num_states, normalize=normalize) if weighted_layers else None
         self.proj = nn.Linear(hidden_size, hidden)
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, len(self.labels))
+        self.out = nn.Linear(2 * hidden if pooling == "stats" else hidden, len(self.labels))
 
     def forward(self, enc: EncoderOutput) -> torch.Tensor:
-        x = self.mix(enc.hidden_states) if self.mix is not None else enc.last_hidden_state
+        if self.mix is not None:
+            x = self.mix(enc.hidden_states)
+        else:
+            x = enc.last_hidden_state
+            if self.normalize:
+                x = F.layer_norm(x.float(), x.shape[-1:])
         x = self.proj(x.to(self.proj.weight.dtype))
         valid = enc.padding_mask().to(x.dtype)[..., None]
-        pooled = (x * valid).sum(1) / valid.sum(1).clamp(min=1)
+        count = valid.sum(1).clamp(min=1)
+        pooled = (x * valid).sum(1) / count
+        if self.pooling == "stats":
+            var = (((x - pooled[:, None]) ** 2) * valid).sum(1) / count
+            pooled = torch.cat([pooled, var.clamp(min=1e-6).sqrt()], dim=-1)
         return self.out(self.dropout(pooled))
 
 
@@ -482,7 +504,8 @@ def _build_head(backbone: nn.Module, cfg: AdaptConfig) -> nn.Module | None:
         if not cfg.labels:
             raise SpeechtlError("head=classifier needs labels=[...] (the class names, in output order)")
         return ClassifierHead(backbone.hidden_size, num_states, cfg.labels, weighted_layers=cfg.weighted_layers,
-                              hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+                              hidden=cfg.head_hidden, dropout=cfg.head_dropout, pooling=cfg.head_pooling,
+                              normalize=cfg.head_norm)
     raise AssertionError(kind)
 
 

@@ -78,6 +78,7 @@ def test_accent_id_trains_loss_falls_and_dev_accuracy_is_perfect(trained, capsys
 
     meta = read_adapter_meta(out / "adapter")
     assert meta["method"] == "features" and meta["config"]["weighted_layers"] is True
+    assert meta["config"]["head_pooling"] == "stats" and meta["config"]["head_norm"] is True
     assert meta["head"]["labels"] == ["hiss", "hum"]
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["task"] == "accent-id" and run_info["train_per_accent"] == {"hiss": 12, "hum": 12}
@@ -90,10 +91,12 @@ def test_saved_classifier_reloads_and_scores_the_same(trained):
     assert scores.accuracy == 1.0 and scores.utterances == 8
 
 
-def test_whisper_classifier_pads_only_to_the_longest_clip():
+@pytest.mark.parametrize("pooling,norm", [("mean", False), ("stats", True), ("stats", False)])
+def test_whisper_classifier_pads_only_to_the_longest_clip(pooling, norm):
     """Short clips with a mask: a clip's probabilities do not depend on what it is batched with."""
     torch.manual_seed(0)
-    model = adapt(create_backbone("whisper-tiny-random"), "features", labels=["hiss", "hum"], weighted_layers=True)
+    model = adapt(create_backbone("whisper-tiny-random"), "features", labels=["hiss", "hum"], weighted_layers=True,
+                  head_pooling=pooling, head_norm=norm)
     classifier = AccentClassifier.from_model(model)
     rng = np.random.default_rng(1)
     waves = [accent_clip("hum", 0.3, rng), accent_clip("hiss", 1.5, rng)]
@@ -102,11 +105,43 @@ def test_whisper_classifier_pads_only_to_the_longest_clip():
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling,norm", [("stats", True), ("mean", False)])
+def test_classifier_on_a_shared_encoder_scores_as_its_own_copy(tmp_path, pooling, norm):
+    """A saved head rebuilt on another object holding the same base weights gives the same probabilities;
+    a folder saved before the pooling options existed loads as mean pooling without normalisation."""
+    from speechtl.adapters.io import weights_checksum
+
+    torch.manual_seed(0)
+    model = adapt(create_backbone("wav2vec2-tiny-random"), "features", labels=["hiss", "hum"], weighted_layers=True,
+                  head_pooling=pooling, head_norm=norm)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+    own = AccentClassifier.from_model(model.eval())
+    folder = model.save_adapter(tmp_path / "clf")
+    if pooling == "mean":  # drop the keys, as in a folder written by an earlier version
+        meta_path = folder / "adapter.json"
+        meta = json.loads(meta_path.read_text())
+        meta["config"].pop("head_pooling"), meta["config"].pop("head_norm")
+        meta_path.write_text(json.dumps(meta))
+    base = create_backbone("wav2vec2-tiny-random")
+    shared = load_accent_classifier(folder, backbone=base, base_checksum=weights_checksum(base))
+    assert shared.shared and shared.head.pooling == pooling and shared.head.normalize == norm
+    rng = np.random.default_rng(2)
+    waves = [accent_clip(a, 0.5, rng) for a in ACCENTS]
+    np.testing.assert_allclose(shared.probabilities(waves), own.probabilities(waves), atol=1e-5)
+
+
 def test_scores_recall_and_confusion_by_hand():
-    r = accent_id_scores(["a", "a", "b", "c"], ["a", "b", "b", "a"], ["a", "b"])
+    r = accent_id_scores(["a", "a", "b", "c"], ["a", "b", "b", "a"], ["a", "b"], speakers=["s1", "s1", "s2", "s3"])
     assert r.gold == ["a", "b", "c"] and r.confusion == [[1, 1], [0, 1], [1, 0]]
     assert r.recall == {"a": 0.5, "b": 1.0, "c": 0.0} and r.accuracy == 0.5
-    assert "recall %" in r.format_table()
+    assert r.speakers == {"s1": {"accent": "a", "utterances": 2, "correct": 1},
+                          "s2": {"accent": "b", "utterances": 1, "correct": 1},
+                          "s3": {"accent": "c", "utterances": 1, "correct": 0}}
+    table = r.format_table()
+    assert "recall %" in table and "speakers not always right (2 of 3): s1 (a) 1/2, s3 (c) 0/1" in table
+    assert AccentIdReport.from_json(json.loads(json.dumps(r.to_json()))) == r
 
 
 def test_accent_id_cli_errors_are_one_line(tmp_path, capsys):
@@ -131,7 +166,8 @@ def test_accent_id_defaults_yield_to_what_the_user_set(tmp_path):
 
     cfg = resolved()
     assert (cfg.method, cfg.weighted_layers, cfg.head) == ("features", True, "classifier")
-    cfg = resolved("--method", "lora", "weighted_layers=false")
-    assert (cfg.method, cfg.weighted_layers) == ("lora", False)
+    assert (cfg.head_pooling, cfg.head_norm) == ("stats", True)
+    cfg = resolved("--method", "lora", "weighted_layers=false", "head_pooling=mean", "head_norm=false")
+    assert (cfg.method, cfg.weighted_layers, cfg.head_pooling, cfg.head_norm) == ("lora", False, "mean", False)
     (tmp_path / "c.yaml").write_text("adapt:\n  method: finetune\n")
     assert resolved("--config", str(tmp_path / "c.yaml")).method == "finetune"

@@ -161,3 +161,36 @@ def test_sampler_rejects_bad_input():
         DurationBatchSampler([1.0], max_seconds=10, num_replicas=2, rank=2)
     with pytest.raises(SpeechtlError):
         DurationBatchSampler([], max_seconds=10)
+
+
+def test_augmentation_from_the_config_and_fresh_each_epoch_in_training(two_part_wav):
+    """speed_perturb / noise_snr in the data config reach the dataset, and the training loop's
+    epoch stream draws new noise every epoch."""
+    from torch.utils.data import DataLoader
+
+    from speechtl.config import DataConfig
+    from speechtl.data.loader import augmentation
+    from speechtl.train import batch_stream
+
+    assert augmentation(DataConfig()) == {"speed_perturb": None, "noise_snr": None}
+    assert augmentation(DataConfig(speed_perturb=[0.9, 1.1], noise_snr=[10, 30])) == {
+        "speed_perturb": [0.9, 1.1], "noise_snr": (10.0, 30.0)}
+    assert augmentation(DataConfig(noise_snr=[20]))["noise_snr"] == 20.0
+    for bad in ([30, 10], [1, 2, 3]):
+        with pytest.raises(SpeechtlError, match="noise_snr"):
+            augmentation(DataConfig(noise_snr=bad))
+
+    u = _utt(two_part_wav, offset=1.0, duration=1.0)
+    ds = AudioDataset([u], 16000, seed=0, **augmentation(DataConfig(noise_snr=[20])))
+    loader = DataLoader(ds, batch_size=1, collate_fn=collate_audio)
+    stream = batch_stream(loader, epoch=0, skip=0)
+    first, second = next(stream), next(stream)
+    assert (first[0], second[0]) == (0, 1)
+    assert not np.array_equal(first[3]["audio"].numpy(), second[3]["audio"].numpy())
+
+
+def test_adapt_config_reads_augmentation_keys():
+    from speechtl.config import load_config
+
+    cfg = load_config(None, ["speed_perturb=0.9,1.0,1.1", "noise_snr=15,40"])
+    assert cfg.data.speed_perturb == [0.9, 1.0, 1.1] and cfg.data.noise_snr == [15.0, 40.0]

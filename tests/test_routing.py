@@ -14,8 +14,9 @@ import torch
 from speechtl.backbones import create_backbone
 from speechtl.cli.eval import main as eval_main
 from speechtl.cli.transcribe import main as transcribe_main
+from speechtl.errors import SpeechtlError
 from speechtl.evaluate import Report, UtteranceRecord, evaluate
-from speechtl.routing import AccentClassifier, Route, Router, parse_adapter_specs
+from speechtl.routing import AccentClassifier, Route, Router, parse_adapter_specs, pool_by_group
 from speechtl.tasks import ClassificationTask
 from speechtl.transcribe import transcribe
 from speechtl.transfer import adapt
@@ -130,6 +131,38 @@ def test_min_prob_falls_back_to_the_base_model(setup):
     assert texts == [base[0], hum[1], hum[2], base[3]]
 
 
+def test_pool_by_group_by_hand():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    pooled = pool_by_group(probs, ["a", "a", None, "b"])
+    g = np.sqrt([0.9 * 0.2, 0.1 * 0.8])  # geometric mean of speaker a's two utterances, renormalised
+    np.testing.assert_allclose(pooled[0], g / g.sum())
+    np.testing.assert_allclose(pooled[1], pooled[0])
+    np.testing.assert_allclose(pooled[2:], probs[2:])  # alone: unchanged
+    np.testing.assert_allclose(pool_by_group(np.array([[1.0, 0.0], [0.5, 0.5]]), ["s", "s"]).sum(1), 1.0)
+
+
+def test_speaker_routing_pools_the_evidence_of_a_speakers_utterances(setup):
+    """One unsure utterance follows its speaker's other, confident ones; speakers stay apart."""
+    test, adapters = setup["test"], setup["adapters"]
+    alone = {a: transcribe(create_backbone(MODEL), test, adapter=d) for a, d in adapters.items()}
+    probs = [[0.95, 0.05], [0.45, 0.55], [0.2, 0.8], [0.9, 0.1]]
+    clf = FixedClassifier(["hiss", "hum"], probs)
+    _, per_utt = transcribe(create_backbone(MODEL), test, adapters=adapters, accent_classifier=clf,
+                            return_routes=True)
+    assert [r.name for r in per_utt] == ["hiss", "hum", "hum", "hiss"]
+    speakers = ["s1", "s1", "s2", "s3"]
+    texts, routes = transcribe(create_backbone(MODEL), test, adapters=adapters, accent_classifier=clf,
+                               speakers=speakers, return_routes=True)
+    pooled = pool_by_group(np.array(probs), speakers)
+    assert [r.name for r in routes] == ["hiss", "hiss", "hum", "hiss"]
+    assert [r.prob for r in routes] == pytest.approx([pooled[0, 0], pooled[0, 0], 0.8, 0.9])
+    assert texts == [alone["hiss"][0], alone["hiss"][1], alone["hum"][2], alone["hiss"][3]]
+    with pytest.raises(SpeechtlError, match="2 speakers for 4 inputs"):
+        transcribe(create_backbone(MODEL), test, adapters=adapters, accent_classifier=clf, speakers=["a", "b"])
+    with pytest.raises(SpeechtlError, match="routing"):
+        transcribe(create_backbone(MODEL), test, speakers=speakers)
+
+
 def test_soft_route_with_one_hot_probabilities_equals_hard_route(setup):
     test, adapters = setup["test"], setup["adapters"]
     one_hot = FixedClassifier(["hiss", "hum"], [[1, 0], [0, 1], [1, 0], [0, 1]])
@@ -196,6 +229,25 @@ def test_report_records_routes_and_round_trips(setup, tmp_path):
     assert plain.route is None and "route" not in plain.to_json()
 
 
+def test_evaluate_routes_by_speaker_and_says_so(setup, tmp_path):
+    manifest = write_manifest(tmp_path, setup["test"])
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:
+        row["speaker"] = "one"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = evaluate(create_backbone(MODEL), manifest, adapters=setup["adapters"], accent_classifier=setup["clf_dir"],
+                      route_by="speaker", progress=False, n_bootstrap=10)
+    assert len({r.route for r in report.utterances}) == 1 and len({r.route_prob for r in report.utterances}) == 1
+    assert report.meta["route_by"] == "speaker"
+    report.save(tmp_path / "rep", plots=False)
+    assert "one route per speaker" in (tmp_path / "rep" / "report.md").read_text()
+    with pytest.raises(SpeechtlError, match="route_by='speaker'"):
+        evaluate(create_backbone(MODEL), manifest, route_by="speaker", progress=False)
+    with pytest.raises(SpeechtlError, match="route_by='file'"):
+        evaluate(create_backbone(MODEL), manifest, adapters=setup["adapters"], accent_classifier=setup["clf_dir"],
+                 route_by="file", progress=False)
+
+
 def test_cli_routes_and_prints_the_route(setup, tmp_path, capsys):
     manifest = write_manifest(tmp_path, setup["test"])
     specs = [f"{a}={d}" for a, d in setup["adapters"].items()]
@@ -205,6 +257,10 @@ def test_cli_routes_and_prints_the_route(setup, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert [json.loads(line)["route"] for line in out.splitlines()] == ["hiss", "hum", "hum", "hiss"]
+    code = transcribe_main([MODEL, *files, "--adapters", *specs, "--accent-classifier", str(setup["clf_dir"]),
+                            "--route-by", "all", "--json", "--no-progress"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and len({(r["route"], r["route_prob"]) for r in rows}) == 1
     code = eval_main(["--model", MODEL, "--manifest", str(manifest), "--out", str(tmp_path / "ev"), "--adapters",
                       *specs, "--route", "hum", "--no-progress", "--n-bootstrap", "10"])
     assert code == 0 and "routes: hum 4" in capsys.readouterr().out
@@ -220,6 +276,7 @@ def test_cli_routes_and_prints_the_route(setup, tmp_path, capsys):
     (["--adapters", "hiss={a}", "--route", "hum"], "not auto, none or an accent"),
     (["--adapters", "hiss={a}", "--route", "none", "--min-prob", "2"], "between 0 and 1"),
     (["--route", "hiss"], "give --adapters"),
+    (["--adapters", "hiss={a}", "--route", "none", "--route-by", "all"], "needs --route auto"),
 ])
 def test_cli_adapter_errors_are_one_line(setup, tmp_path, capsys, argv, message):
     wav = tmp_path / "x.wav"

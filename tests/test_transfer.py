@@ -14,7 +14,7 @@ from speechtl.errors import SpeechtlError
 from speechtl.specaug import SpecAugment, spec_module
 from speechtl.tasks import ClassificationTask, CTCASRTask, Seq2SeqASRTask, task_for
 from speechtl.train import train
-from speechtl.transfer import CharVocab, ClassifierHead, CTCHead, adapt
+from speechtl.transfer import CharVocab, ClassifierHead, CTCHead, LayerMix, adapt
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -89,6 +89,17 @@ def test_classifier_on_weighted_layers_learns_the_accent(tmp_path):
     assert len(weights) == 3 and weights != pytest.approx([1 / 3] * 3)  # the layer mix trained
     with pytest.raises(SpeechtlError, match="not one of the classes"):
         task.collate([{**utterances()[0], "accent": "irish"}])
+
+
+def test_normalised_layer_mix_ignores_each_layers_scale():
+    """head_norm: a layer whose states are 100 times larger does not drown the others in the mix."""
+    torch.manual_seed(0)
+    states = [torch.randn(2, 5, 8) for _ in range(3)]
+    scaled = [s * k for s, k in zip(states, (1.0, 100.0, 10.0))]
+    mix = LayerMix(3, normalize=True)
+    torch.testing.assert_close(mix(states), mix(scaled), atol=1e-4, rtol=1e-4)
+    plain = LayerMix(3)
+    assert not torch.allclose(plain(states), plain(scaled), atol=1e-2)
 
 
 # -- what trains --------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Config keys (see --help-config) come from --config YAML, then key=value argument
 
 Accent identification: ``speechtl-adapt --task accent-id --model whisper-tiny.en --train M
 [--dev M] --out DIR`` trains a classifier of the manifests' accent field on the frozen encoder
-(method features, weighted_layers=true unless given; the label set is saved with the head), then
+(unless given: method features, weighted_layers=true, head_norm=true, head_pooling=stats; the label set is
+saved with the head), then
 prints accuracy, recall per accent and the confusion matrix on the dev utterances and writes them
 to DIR/accent_id.json. Route transcription with it: ``speechtl-transcribe --accent-classifier
 DIR/adapter --adapters ACCENT=ADAPTER ...``.
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("auto", "asr", "classify", "accent-id"), default="auto",
                    help="auto: speech recognition for speech models, classification for image/text models; "
                         "accent-id: a classifier of the manifest's accent field on the frozen speech encoder "
-                        "(default method features, weighted_layers=true)")
+                        "(default method features, weighted_layers=true, head_norm=true, head_pooling=stats)")
     p.add_argument("--target-accent", help="train and evaluate only on utterances of this accent")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--config", help="YAML config (flat keys, or grouped under adapt/train/data)")
@@ -168,7 +169,7 @@ def _asr_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, r
     """Speech: manifests of utterances, duration-capped batches, CTC or seq2seq ASR task."""
     from torch.utils.data import DataLoader
 
-    from ..data.loader import AudioDataset, DurationBatchSampler, durations_of
+    from ..data.loader import AudioDataset, DurationBatchSampler, augmentation, durations_of
     from ..data.manifest import read_manifest
     from ..specaug import SpecAugment
     from ..tasks import ClassificationTask, asr_dev_fn, classification_dev_fn, task_for
@@ -211,7 +212,7 @@ def _asr_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: int, r
 
     rate = backbone.sample_rate
     replay_train, replay_dev = _replay_utterances(d, isinstance(task, ClassificationTask))
-    train_data = AudioDataset(train_utts, rate, seed=cfg.train.seed)
+    train_data = AudioDataset(train_utts, rate, seed=cfg.train.seed, **augmentation(d))
     if replay_train:
         from ..replay import ReplayBatchSampler, ReplayDataset, ReplayTask
 
@@ -325,6 +326,10 @@ def _accent_id_defaults(args: argparse.Namespace, cfg: RunConfig) -> RunConfig:
         changes["weighted_layers"] = True
     if "head" not in given:
         changes["head"] = "classifier"
+    if "head_pooling" not in given:
+        changes["head_pooling"] = "stats"
+    if "head_norm" not in given:
+        changes["head_norm"] = True
     return dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, **changes))
 
 
@@ -344,7 +349,7 @@ def _accent_id_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: 
     """Speech: a classifier of the manifests' ``accent`` field; the label set is the training accents."""
     from torch.utils.data import DataLoader
 
-    from ..data.loader import AudioDataset, DurationBatchSampler, durations_of
+    from ..data.loader import AudioDataset, DurationBatchSampler, augmentation, durations_of
     from ..tasks import ClassificationTask, classification_dev_fn
     from ..transfer import adapt
 
@@ -384,7 +389,8 @@ def _accent_id_setup(args: argparse.Namespace, cfg: RunConfig, backbone, world: 
     rate = backbone.sample_rate
     sampler = DurationBatchSampler(durations, d.batch_seconds, shuffle=True, seed=cfg.train.seed,
                                    num_replicas=world, rank=rank)
-    loader = DataLoader(AudioDataset(train_utts, rate, seed=cfg.train.seed), batch_sampler=sampler,
+    train_data = AudioDataset(train_utts, rate, seed=cfg.train.seed, **augmentation(d))
+    loader = DataLoader(train_data, batch_sampler=sampler,
                         collate_fn=task.collate, num_workers=d.num_workers)
     dev_fn = None
     if dev_utts:

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="backbone name (speechtl.list_backbones()), model folder, or hub id")
     p.add_argument("--adapter", help="a saved adapter folder to apply to the model")
-    add_routing_args(p)
+    add_routing_args(p, route_by=("utterance", "speaker"))
     p.add_argument("--manifest", required=True, help="JSONL manifest of the utterances to score")
     p.add_argument("--out", required=True, help="folder for report.json, utterances.jsonl, report.md and plots")
     p.add_argument("--baseline", help="report.json (or its folder) of the baseline model on the same manifest")

@@ -3,6 +3,8 @@
 With --adapters ACCENT=DIR ... each file runs with the adapter of its accent, chosen by --route
 (auto: the --accent-classifier decides; none: the base model; ACCENT: that adapter); lines then
 gain a third column, the route (``path<TAB>text<TAB>route``), and JSON the route and its probability.
+With --route-by all the files are taken as one speaker: one route for all of them, chosen on the
+classifier's evidence pooled over every file.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..transcribe import transcribe
 
     routing = routing_kwargs(args)  # bad --adapters fail before the model loads
+    if routing.pop("route_by", None) == "all":
+        routing["speakers"] = ["all"] * len(args.files)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kwargs = {"dtype": torch.bfloat16} if args.bf16 else {}
     backbone = create_backbone(args.model, **kwargs).to(device)
@@ -61,8 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_routing_args(p: argparse.ArgumentParser) -> None:
-    """--adapters, --accent-classifier, --route, --min-prob, --soft-route (shared with speechtl-eval)."""
+def add_routing_args(p: argparse.ArgumentParser, *, route_by: tuple[str, ...] = ("file", "all")) -> None:
+    """--adapters, --accent-classifier, --route, --min-prob, --soft-route, --route-by (shared with speechtl-eval)."""
     p.add_argument("--adapters", nargs="+", metavar="ACCENT=DIR",
                    help="one saved adapter folder per accent, loaded once and chosen per file by --route")
     p.add_argument("--accent-classifier", metavar="DIR",
@@ -73,6 +77,12 @@ def add_routing_args(p: argparse.ArgumentParser) -> None:
                    help="with --route auto: below this probability of every adapter's accent, use the base model")
     p.add_argument("--soft-route", action="store_true",
                    help="mix the LoRA adapters weighted by the classifier's probabilities instead of picking one")
+    one = route_by[0]
+    what = {"all": "all: every file is one speaker, routed together",
+            "speaker": "speaker: a speaker's utterances share one route"}[route_by[1]]
+    p.add_argument("--route-by", choices=route_by, default=one,
+                   help=f"with --route auto: {one}: each {one} decides alone (default); {what}, chosen on the "
+                        "classifier's evidence pooled over them")
 
 
 def routing_kwargs(args: argparse.Namespace) -> dict:
@@ -97,8 +107,12 @@ def routing_kwargs(args: argparse.Namespace) -> dict:
                             f"({', '.join(adapters) or 'none given'})")
     if args.route == "auto" and args.accent_classifier is None:
         raise SpeechtlError("--route auto needs --accent-classifier DIR; or give --route none or --route ACCENT")
+    grouped = args.route_by in ("all", "speaker")
+    if grouped and args.route != "auto":
+        raise SpeechtlError(f"--route-by {args.route_by} pools the classifier's evidence; it needs --route auto")
     return {"adapters": adapters, "accent_classifier": args.accent_classifier, "route": args.route,
-            "min_prob": args.min_prob, "soft": args.soft_route, "return_routes": True}
+            "min_prob": args.min_prob, "soft": args.soft_route, "return_routes": True,
+            **({"route_by": args.route_by} if grouped else {})}
 
 
 def main(argv: list[str] | None = None) -> int:

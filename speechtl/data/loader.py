@@ -88,6 +88,16 @@ class AudioDataset:
                 "accent": u.accent, "speaker": u.speaker}
 
 
+def augmentation(data_config: Any) -> dict[str, Any]:
+    """:class:`AudioDataset` augmentation arguments from a ``DataConfig``'s ``speed_perturb`` and ``noise_snr``."""
+    snr = [float(x) for x in data_config.noise_snr]
+    if len(snr) > 2 or (len(snr) == 2 and snr[0] > snr[1]):
+        raise SpeechtlError(f"noise_snr={snr}: give one SNR in dB (noise_snr=20) or a low,high range "
+                            "(noise_snr=10,30)")
+    return {"speed_perturb": list(data_config.speed_perturb) or None,
+            "noise_snr": (snr[0], snr[1]) if len(snr) == 2 else snr[0] if snr else None}
+
+
 def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Pad a list of :class:`AudioDataset` items: ``audio`` ``(batch, samples)`` float32 tensor and
     ``lengths`` ``(batch,)``; ``id``/``text``/``accent``/``speaker`` as lists."""
