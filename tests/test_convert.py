@@ -22,7 +22,7 @@ import torch
 
 from speechtl.convert import packaged as packaged_mod
 from speechtl.convert.ct2 import convert_ct2_whisper, publish_dir
-from speechtl.convert.packaged import PACKAGED, PackagedModel, packaged_model_dir
+from speechtl.convert.packaged import FORMAT_VERSION, PACKAGED, PackagedModel, packaged_model_dir
 from speechtl.errors import SpeechtlError
 
 SPECIALS = [
@@ -191,6 +191,7 @@ def test_output_folder_loads_with_processor_and_english_only_prompt(random_ct2, 
     ids = tok("hello there").input_ids
     assert ids[:2] == [SOT, NO_TS] and ids[-1] == EOT
     assert tok.decode(ids, skip_special_tokens=True) == "hello there"
+    assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id == EOT
 
     gen = model.generation_config
     assert gen.decoder_start_token_id == SOT and gen.no_timestamps_token_id == NO_TS
@@ -332,7 +333,7 @@ def fake_packaged(random_ct2, tmp_path, monkeypatch):
         ),
     )
     monkeypatch.setenv("SPEECHTL_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "models" / "whisper-fake"
+    return tmp_path / "cache" / "models" / f"v{FORMAT_VERSION}" / "whisper-fake"
 
 
 def test_packaged_model_is_converted_once_and_verified(fake_packaged):

@@ -364,6 +364,7 @@ def _build_tokenizer(src: Path, vocab_size: int):
         unk_token="<|endoftext|>",
         bos_token="<|endoftext|>",
         eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",  # as OpenAI's Whisper tokenizers: batched labels pad with end-of-text
         additional_special_tokens=[s for s in specials if s != "<|endoftext|>"],
     )
     for a in added:

