@@ -11,11 +11,11 @@ Config keys (see --help-config) come from --config YAML, then key=value argument
 
 Accent identification: ``speechtl-adapt --task accent-id --model whisper-tiny.en --train M
 [--dev M] --out DIR`` trains a classifier of the manifests' accent field on the frozen encoder
-(unless given: method features, weighted_layers=true, head_norm=true, head_pooling=stats; the label set is
-saved with the head), then
-prints accuracy, recall per accent and the confusion matrix on the dev utterances and writes them
-to DIR/accent_id.json. Route transcription with it: ``speechtl-transcribe --accent-classifier
-DIR/adapter --adapters ACCENT=ADAPTER ...``.
+(unless given: method features, weighted_layers=true, head_norm=true, head_pooling=stats; the
+label set is saved with the head), then prints accuracy, recall per accent, the confusion matrix
+and the speakers not always right on the dev utterances and writes them to DIR/accent_id.json.
+Route transcription with it: ``speechtl-transcribe --accent-classifier DIR/adapter --adapters
+ACCENT=ADAPTER ...``.
 """
 
 from __future__ import annotations

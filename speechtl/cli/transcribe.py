@@ -65,6 +65,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+_POOLED = "share one route, chosen on the classifier's evidence pooled over them"
+_ROUTE_BY_HELP = {
+    "file": f"with --route auto: file: each file decides alone (default); all: the files are one speaker and {_POOLED}",
+    "utterance": f"with --route auto: utterance: each utterance decides alone (default); speaker: a speaker's "
+                 f"utterances {_POOLED}",
+}
+
+
 def add_routing_args(p: argparse.ArgumentParser, *, route_by: tuple[str, ...] = ("file", "all")) -> None:
     """--adapters, --accent-classifier, --route, --min-prob, --soft-route, --route-by (shared with speechtl-eval)."""
     p.add_argument("--adapters", nargs="+", metavar="ACCENT=DIR",
@@ -77,12 +85,7 @@ def add_routing_args(p: argparse.ArgumentParser, *, route_by: tuple[str, ...] = 
                    help="with --route auto: below this probability of every adapter's accent, use the base model")
     p.add_argument("--soft-route", action="store_true",
                    help="mix the LoRA adapters weighted by the classifier's probabilities instead of picking one")
-    one = route_by[0]
-    what = {"all": "all: every file is one speaker, routed together",
-            "speaker": "speaker: a speaker's utterances share one route"}[route_by[1]]
-    p.add_argument("--route-by", choices=route_by, default=one,
-                   help=f"with --route auto: {one}: each {one} decides alone (default); {what}, chosen on the "
-                        "classifier's evidence pooled over them")
+    p.add_argument("--route-by", choices=route_by, default=route_by[0], help=_ROUTE_BY_HELP[route_by[0]])
 
 
 def routing_kwargs(args: argparse.Namespace) -> dict:
