@@ -192,7 +192,8 @@ def load_accent_classifier(directory: str | os.PathLike, *, backbone: nn.Module 
     (``shared``); otherwise the classifier's own base model is built and loaded.
     """
     from .adapters.io import WEIGHTS, load_adapter, read_adapter_meta
-    from .transfer import ClassifierHead
+    from .config import AdaptConfig, make
+    from .transfer import _build_head
 
     directory = Path(directory)
     meta = read_adapter_meta(directory)
@@ -204,10 +205,9 @@ def load_accent_classifier(directory: str | os.PathLike, *, backbone: nn.Module 
     if backbone is not None and base_checksum == meta["base_checksum"] and meta["method"] == "features":
         from safetensors.torch import load_file
 
-        head = ClassifierHead(backbone.hidden_size, backbone.num_layers + 1, head_desc["labels"],
-                              weighted_layers=cfg["weighted_layers"], hidden=cfg["head_hidden"],
-                              dropout=cfg["head_dropout"], pooling=cfg.get("head_pooling", "mean"),
-                              normalize=cfg.get("head_norm", False))
+        # The head as adapt() built it; keys a folder predates take their defaults.
+        head = _build_head(backbone, make(AdaptConfig, {**cfg, "head": "classifier", "labels": head_desc["labels"]},
+                                          where=str(directory)))
         try:
             state = load_file(str(directory / WEIGHTS))
         except FileNotFoundError:
