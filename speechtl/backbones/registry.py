@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..checksums import CHECKSUMS, verify_checksums
 from ..errors import ModelNotFoundError
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
@@ -69,6 +70,8 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelNotFoundError(f"{cfg}: not valid JSON ({e}); the model folder is damaged") from None
         builder = _MODEL_TYPES.get(model_type)
+        if (path / CHECKSUMS).is_file():  # a folder speechtl wrote (an export, a converted model): verify it first
+            verify_checksums(path)
         if builder is None:
             known = ", ".join(sorted(_MODEL_TYPES))
             raise ModelNotFoundError(f"{path}: model_type {model_type!r} is not supported; supported: {known}")

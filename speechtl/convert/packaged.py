@@ -24,16 +24,15 @@ import importlib.util
 import json
 import os
 import shutil
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checksums import verify_checksums, write_checksums
 from ..errors import ModelNotFoundError, SpeechtlError
 from .ct2 import publish_dir, staging_dir, write_whisper_folder
 
-CHECKSUMS = "checksums.json"
 SOURCE_INFO = "speechtl_source.json"
 FORMAT_VERSION = 2  # bump when the converted folder changes (2: the tokenizer has a pad token); names the cache folder
 
@@ -87,10 +86,6 @@ PACKAGED: dict[str, PackagedModel] = {
     ),
 }
 
-# Folders whose every file was hashed in this process: path -> (name, size, mtime) of each file then.
-_VERIFIED: dict[str, tuple[tuple[str, int, int], ...]] = {}
-
-
 def cache_root() -> Path:
     """``$SPEECHTL_CACHE``, else ``$XDG_CACHE_HOME/speechtl``, else ``~/.cache/speechtl``."""
     if os.environ.get("SPEECHTL_CACHE"):
@@ -137,7 +132,7 @@ def packaged_model_dir(name: str) -> Path:
                 **summary,
             }
             (tmp / SOURCE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            _write_checksums(tmp)
+            write_checksums(tmp, read_only=True, format_version=FORMAT_VERSION)
             publish_dir(tmp, target)  # False: someone else's identical folder is already there; ours is discarded
     return _verify(target)
 
@@ -181,30 +176,6 @@ def _check_source(model: PackagedModel, parts: list[Path]) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
-
-
-def _write_checksums(folder: Path) -> None:
-    """Make every file read-only, then record size and sha256 of each in ``checksums.json`` (last)."""
-    entries = {}
-    for rel in _files(folder):
-        p = folder / rel
-        os.chmod(p, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        entries[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
-    out = folder / CHECKSUMS
-    out.write_text(json.dumps({"format_version": FORMAT_VERSION, "files": entries}, indent=1) + "\n", encoding="utf-8")
-    os.chmod(out, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-
-
 def _verify(folder: Path) -> Path:
     """Check the cached folder against ``checksums.json``: file list and sizes always, hashes once per process."""
 
@@ -214,33 +185,50 @@ def _verify(folder: Path) -> Path:
             f"delete it (rm -rf '{folder}') and it will be rebuilt from the installed package."
         )
 
-    try:
-        record = json.loads((folder / CHECKSUMS).read_text(encoding="utf-8"))
-        entries = record["files"]
-        if record.get("format_version") != FORMAT_VERSION:
-            raise corrupt(f"it was written by another speechtl version (format {record.get('format_version')})")
-    except FileNotFoundError:
-        raise corrupt(f"{CHECKSUMS} is missing") from None
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise corrupt(f"{CHECKSUMS} is unreadable") from None
-
-    present = _files(folder)
-    if present != sorted(entries):
-        added, removed = sorted(set(present) - set(entries)), sorted(set(entries) - set(present))
-        raise corrupt(f"files added {added} / removed {removed}")
-    state = []
-    for rel in present:
-        st = (folder / rel).stat()
-        if st.st_size != entries[rel]["size"]:
-            raise corrupt(f"{rel} is {st.st_size} bytes, expected {entries[rel]['size']}")
-        state.append((rel, st.st_size, st.st_mtime_ns))
-    key = str(folder.resolve())
-    if _VERIFIED.get(key) != tuple(state):
-        for rel in present:
-            if _sha256(folder / rel) != entries[rel]["sha256"]:
-                raise corrupt(f"the sha256 of {rel} changed")
-        _VERIFIED[key] = tuple(state)
+    verify_checksums(folder, corrupt, format_version=FORMAT_VERSION)
     return folder
+
+
+def packaged_ct2_dir(name: str) -> Path:
+    """The CTranslate2 folder (faster-whisper's format) of a packaged model, as it was published.
+
+    A checkpoint shipped in one piece is the installed package folder itself (its ``model.bin``
+    hash checked once per process); one shipped in pieces is joined once into
+    ``<cache>/ct2/<name>`` (read-only, with ``checksums.json``), never rewritten afterwards.
+    """
+    if name not in PACKAGED:
+        raise ModelNotFoundError(f"{name!r} is not a packaged model; choose one of: {', '.join(sorted(PACKAGED))}.")
+    model = PACKAGED[name]
+    src_dir, parts = _locate(model)
+    if len(parts) == 1 and parts[0] == src_dir / "model.bin":
+        key = (str(parts[0]), parts[0].stat().st_size, parts[0].stat().st_mtime_ns)
+        if key not in _SOURCES_CHECKED:
+            _check_source(model, parts)
+            _SOURCES_CHECKED.add(key)
+        return src_dir
+    target = cache_root() / "ct2" / name
+    if target.exists():
+        return _verify(target)
+    with _lock(target):
+        if target.exists():
+            return _verify(target)
+        _remove_stale_staging(target)
+        with staging_dir(target) as tmp:
+            _check_source(model, parts)
+            with open(tmp / "model.bin", "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 22)
+            for extra in ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json",
+                          "preprocessor_config.json"):
+                if (src_dir / extra).is_file():
+                    shutil.copyfile(src_dir / extra, tmp / extra)
+            write_checksums(tmp, read_only=True, format_version=FORMAT_VERSION)
+            publish_dir(tmp, target)
+    return _verify(target)
+
+
+_SOURCES_CHECKED: set[tuple[str, int, int]] = set()
 
 
 def _remove_stale_staging(target: Path) -> None:
