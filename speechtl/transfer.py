@@ -35,6 +35,7 @@ from .adapters.inject import AdapterSet, InjectionReport, count_parameters, find
 from .adapters.lora import IA3_TARGETS, PEFT_METHODS, PeftAdapters, make_peft_config
 from .backbones.base import EncoderOutput
 from .config import AdaptConfig, make
+from .decoding import Hypothesis
 from .errors import SpeechtlError
 
 ADAPTER_METHODS = (*PEFT_METHODS, "bottleneck")
@@ -252,6 +253,18 @@ class AdaptedModel(nn.Module):
         if self.head is not None:
             raise SpeechtlError("this model has a classifier head and does not transcribe")
         return self.backbone.generate(inputs, lengths, beam_size=beam_size, **kwargs)
+
+    @property
+    def task(self) -> str | None:
+        """``ctc`` with a new CTC head, else the backbone's own task (``seq2seq`` for Whisper)."""
+        return "ctc" if isinstance(self.head, CTCHead) else getattr(self.backbone, "task", None)
+
+    @torch.no_grad()
+    def decode(self, inputs: torch.Tensor, lengths: torch.Tensor, **kwargs: Any) -> list[Hypothesis]:
+        """The backbone's scored decoding (Whisper; see :meth:`WhisperBackbone.decode`)."""
+        if self.head is not None or not hasattr(self.backbone, "decode"):
+            raise SpeechtlError("this model has a new head; it has no scored seq2seq decoding (use generate)")
+        return self.backbone.decode(inputs, lengths, **kwargs)
 
     def classify(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Class logits ``(batch, len(labels))``."""

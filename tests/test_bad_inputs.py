@@ -34,10 +34,11 @@ from speechtl.cli import convert as convert_cli
 from speechtl.cli import corpus as corpus_cli
 from speechtl.cli import demo as demo_cli
 from speechtl.cli import eval as eval_cli
+from speechtl.cli import export as export_cli
 from speechtl.cli import transcribe as transcribe_cli
 
 TOOLS = {"transcribe": transcribe_cli.main, "corpus": corpus_cli.main, "adapt": adapt_cli.main,
-         "eval": eval_cli.main, "convert": convert_cli.main, "demo": demo_cli.main}
+         "eval": eval_cli.main, "convert": convert_cli.main, "demo": demo_cli.main, "export": export_cli.main}
 MODEL = "whisper-tiny-random"
 ADAPT_KEYS = ["--model", MODEL, "--method", "lora", "lora_r=2", "max_steps=2", "batch_seconds=1.0", "progress=false",
               "log_every=1", "checkpoint_every=1"]
@@ -118,6 +119,41 @@ class Case:
     says: tuple[str, ...]
     absent: tuple[str, ...] = ("out",)  # relative to tmp_path
     patch: Callable[[pytest.MonkeyPatch], None] | None = field(default=None)
+
+
+def saved_whisper_adapter(tmp: Path, method: str = "lora") -> Path:
+    from speechtl.backbones import create_backbone
+    from speechtl.transfer import adapt
+
+    return adapt(create_backbone(MODEL), method).save_adapter(tmp / f"{method}_adapter")
+
+
+def exported(tmp: Path, damage: str) -> Path:
+    """A ct2 export of the random Whisper, then damaged: ``truncate`` model.bin, ``flip`` a byte, ``drop`` a file."""
+    from speechtl.export import export
+
+    out = export(MODEL, tmp / "exported", format="ct2", quantization="float32")
+    target = out / "model.bin"
+    if damage == "truncate":
+        with open(target, "r+b") as f:
+            f.truncate(target.stat().st_size // 2)
+    elif damage == "flip":
+        with open(target, "r+b") as f:
+            f.seek(100)
+            b = f.read(1)
+            f.seek(100)
+            f.write(bytes([b[0] ^ 0x40]))
+    elif damage == "drop":
+        (out / "tokenizer.json").unlink()
+    return out
+
+
+def _ct2(make: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["--engine", "ct2", str(make(tmp)), str(wav(tmp / "a.wav")), "--no-progress"]
+
+
+def _export(*extra: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: [*[str(x(tmp)) if callable(x) else x for x in extra], "--out", str(tmp / "out")]
 
 
 def _transcribe(make: Callable[[Path], Path | str]) -> Callable[[Path], list[str]]:
@@ -227,8 +263,9 @@ CASES: dict[str, Case] = {
                                          ("zero.wav", "holds no samples", "remove it")),
     "transcribe/NaN samples": Case("transcribe", _transcribe(lambda t: wav(t / "nan.wav", subtype="FLOAT", nan=True)),
                                    ("nan.wav", "NaN", "re-export")),
-    "transcribe/three hours long": Case("transcribe", _transcribe(lambda t: hours_long_flac(t / "long.flac")),
-                                        ("long.flac", "10800.0 s long", "split it")),
+    "transcribe/past the 4-hour limit": Case("transcribe",
+                                             _transcribe(lambda t: hours_long_flac(t / "long.flac", hours=5.0)),
+                                             ("long.flac", "18000.0 s long", "14400 s limit", "split it")),
     "transcribe/missing file": Case("transcribe", _transcribe(lambda t: t / "nowhere.wav"),
                                     ("nowhere.wav", "no such audio file", "check the path")),
     "transcribe/folder for a file": Case("transcribe", _transcribe(lambda t: _folder(t / "clips.wav")),
@@ -238,6 +275,39 @@ CASES: dict[str, Case] = {
     "transcribe/adapter of another base model": Case(
         "transcribe", lambda t: [MODEL, str(wav(t / "a.wav")), "--adapter", str(saved_wav2vec2_adapter(t))],
         ("w2v_adapter", "wav2vec2-tiny-random", "load it on the model it was trained on")),
+    "transcribe/ct2 export truncated": Case("transcribe", _ct2(lambda t: exported(t, "truncate")),
+                                            ("exported", "modified, truncated", "model.bin is", "export it again")),
+    "transcribe/ct2 export with a flipped byte": Case("transcribe", _ct2(lambda t: exported(t, "flip")),
+                                                      ("exported", "sha256 of model.bin", "export it again")),
+    "transcribe/ct2 export missing a file": Case("transcribe", _ct2(lambda t: exported(t, "drop")),
+                                                 ("exported", "removed ['tokenizer.json']", "export it again")),
+    "transcribe/ct2 on a folder that is not CTranslate2": Case(
+        "transcribe", _ct2(lambda t: _folder(t / "notes")), ("notes", "not a CTranslate2 model folder")),
+    "transcribe/ct2 on a transformers folder": Case(
+        "transcribe", _ct2(lambda t: __import__("speechtl.export", fromlist=["export"]).export(MODEL, t / "hf")),
+        ("hf", "transformers folder", "--engine torch", "--format ct2")),
+    "transcribe/ct2 with an adapter": Case(
+        "transcribe", lambda t: [*_ct2(lambda t: "whisper-tiny.en")(t), "--adapter", str(saved_whisper_adapter(t))],
+        ("ct2 engine runs exported models", "speechtl-export --adapter DIR --format ct2")),
+    # speechtl-export
+    "export/bottleneck adapter to ct2": Case(
+        "export", _export("--adapter", lambda t: saved_whisper_adapter(t, "bottleneck"), "--format", "ct2"),
+        ("bottleneck_adapter", "neither transformers nor CTranslate2", "train a LoRA adapter")),
+    "export/adapter of another base": Case(
+        "export", _export("--model", MODEL, "--adapter", saved_wav2vec2_adapter, "--format", "transformers"),
+        ("w2v_adapter", "wav2vec2-tiny-random", "load it on the model it was trained on")),
+    "export/unknown format": Case("export", _export("--model", MODEL, "--format", "onnx"),
+                                  ("format 'onnx'", "transformers, ct2")),
+    "export/unknown quantization": Case("export", _export("--model", MODEL, "--format", "ct2", "--quantization",
+                                                          "int4"), ("quantization 'int4'", "int8, int8_float32")),
+    "export/quantization for transformers": Case(
+        "export", _export("--model", MODEL, "--format", "transformers", "--quantization", "int8"),
+        ("applies to the ct2 format only",)),
+    "export/not a folder speechtl can read": Case("export", _export("--model", "whisper-tinny", "--format", "ct2"),
+                                                  ("whisper-tinny",)),
+    "export/non-empty output folder": Case("export", lambda t: ["--model", MODEL, "--format", "ct2", "--out",
+                                                                str(_nonempty_out(t))],
+                                           ("out", "not empty", "--overwrite"), absent=("out/model.bin",)),
     # speechtl-corpus split: a manifest in, a manifest out
     "corpus/broken JSON": Case("corpus", _split(broken_json), ("m.jsonl:2", "not valid JSON", "one JSON object")),
     "corpus/missing field": Case("corpus", _split(_missing_key), ("m.jsonl:3", "missing required key 'speaker'")),
@@ -464,9 +534,9 @@ def test_a_modified_cache_says_how_to_rebuild_it(fake_packaged, capsys):
         last = f.read(1)
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last[0] ^ 0xFF]))
-    from speechtl.convert import packaged
+    from speechtl import checksums
 
-    packaged._VERIFIED.clear()  # as in a new process
+    checksums.forget_verified()  # as in a new process
     line = check_one_error(convert_cli.main(["packaged", "whisper-fake"]), capsys.readouterr().err,
                            (str(fake_packaged), "sha256 of model.safetensors changed", "rm -rf", "rebuilt"))
     print(line)

@@ -30,6 +30,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as hf_logging
 
+from ..decoding import Hypothesis
 from ..errors import AudioError, ModelNotFoundError
 from ._tokenizers import WHISPER_SPECIALS, byte_level_tokenizer
 from .base import EncoderOutput, layer_groups_by_prefix
@@ -196,23 +197,106 @@ class WhisperBackbone(nn.Module):
         self, inputs: torch.Tensor, lengths: torch.Tensor, *, beam_size: int = 1, max_new_tokens: int = 128
     ) -> list[str]:
         """Decode transcripts (greedy, or beam search with ``beam_size > 1``) without timestamps."""
-        enc = self.encode(inputs, lengths)
+        return [h.text for h in self.decode(inputs, lengths, beam_size=beam_size, max_new_tokens=max_new_tokens,
+                                            score=False)]
+
+    @torch.no_grad()
+    def decode(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        *,
+        temperature: float = 0.0,
+        beam_size: int = 1,
+        best_of: int = 1,
+        max_new_tokens: int = 128,
+        seed: int = 0,
+        score: bool = True,
+    ) -> list[Hypothesis]:
+        """One :class:`~speechtl.decoding.Hypothesis` per clip of log-mel ``(batch, n_mels, frames)``.
+
+        At ``temperature`` 0: greedy or beam search. Above 0: ``best_of`` samples per clip (seeded
+        with ``seed``), the one with the highest mean log-probability kept. With ``score`` each
+        hypothesis carries its mean token log-probability and the no-speech probability (one
+        teacher-forced pass over the decoded tokens), which the temperature fallback reads.
+        """
+        states = self.encode(inputs, lengths).last_hidden_state
+        n = states.shape[0]
         kwargs: dict[str, Any] = {}
         if self.multilingual:
             kwargs.update(language=self.language, task="transcribe")
-        prompt = len(self.prompt_ids())
-        with _quiet_transformers():
+        sample = temperature > 0
+        if sample:
+            states = states.repeat_interleave(best_of, 0)
+            kwargs.update(do_sample=True, temperature=temperature, top_k=0, num_beams=1)
+        else:
+            kwargs.update(do_sample=False, num_beams=beam_size)
+        prompt = self.prompt_ids()
+        rng = torch.random.fork_rng(devices=[states.device] if states.device.type == "cuda" else [])
+        with _quiet_transformers(), rng:
+            if sample:
+                torch.manual_seed(seed)
             ids = self.model.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state),
-                num_beams=beam_size,
-                do_sample=False,
-                max_length=min(prompt + max_new_tokens, self.model.config.max_target_positions),
+                encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                # new tokens after the prompt; the prompt and they must fit the decoder's positions
+                max_new_tokens=min(max_new_tokens, self.model.config.max_target_positions - len(prompt)),
                 return_timestamps=False,
                 **kwargs,
             )
         if not torch.is_tensor(ids):  # some generate paths return a dict-like output
             ids = ids["sequences"]
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        seqs = [_strip_prompt(row.tolist(), prompt) for row in ids]
+        eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        seqs = [s[: s.index(eot) + 1] if eot in s else s for s in seqs]
+        texts = [t.strip() for t in self.tokenizer.batch_decode([[t for t in s if t != eot] for s in seqs],
+                                                                skip_special_tokens=True)]
+        if not score:
+            return [Hypothesis(t, temperature=temperature, tokens=len(s)) for t, s in zip(texts, seqs)]
+        avg, no_speech = self._scores(states, prompt, seqs, eot)
+        hyps = [Hypothesis(t, a, p, temperature, len([x for x in s if x != eot]))
+                for t, a, p, s in zip(texts, avg, no_speech, seqs)]
+        if not sample:
+            return hyps
+        return [max(hyps[i * best_of : (i + 1) * best_of], key=lambda h: h.avg_logprob) for i in range(n)]
+
+    def _scores(self, states: torch.Tensor, prompt: list[int], seqs: list[list[int]], eot: int
+                ) -> tuple[list[float], list[float]]:
+        """Mean log-probability of each decoded sequence (end-of-text included, over tokens + 1, as
+        faster-whisper computes it) and the no-speech probability after start-of-transcript."""
+        width = len(prompt) + max(len(s) for s in seqs)
+        dec_in = torch.full((len(seqs), width), eot, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            dec_in[i, : len(prompt) + len(s)] = torch.tensor(prompt + s)
+        dec_in = dec_in.to(states.device)
+        logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=states), decoder_input_ids=dec_in,
+                            use_cache=False).logits.float()
+        # Log-probabilities after the generation config's token suppression, as OpenAI's decoder and
+        # CTranslate2 score them (the thresholds are set on that scale).
+        masked = logits.clone()
+        gen = self.model.generation_config
+        if gen.suppress_tokens:
+            masked[:, :, list(gen.suppress_tokens)] = float("-inf")
+        if gen.begin_suppress_tokens:
+            masked[:, len(prompt) - 1, list(gen.begin_suppress_tokens)] = float("-inf")
+        logp = masked.log_softmax(-1)
+        avg = []
+        for i, s in enumerate(seqs):
+            pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(s), device=logp.device)
+            total = logp[i, pos, torch.tensor(s, device=logp.device)].sum().item() if s else 0.0
+            text_tokens = len(s) - (1 if s and s[-1] == eot else 0)
+            avg.append(total / (text_tokens + 1))
+        no_speech_id = self._no_speech_id()
+        if no_speech_id is None:
+            return avg, [0.0] * len(seqs)
+        return avg, logits[:, 0].softmax(-1)[:, no_speech_id].tolist()
+
+    def _no_speech_id(self) -> int | None:
+        tok = self.tokenizer
+        for name in ("<|nospeech|>", "<|nocaptions|>"):
+            i = tok.convert_tokens_to_ids(name)
+            if i is not None and i != tok.unk_token_id:
+                return i
+        return None
 
     def layer_groups(self) -> list[tuple[str, list[str]]]:
         """frontend (convs, positions), encoder layers, head (encoder norm and the whole decoder)."""
@@ -238,6 +322,11 @@ def whisper_case(text: str) -> str:
         text = text[:1].upper() + text[1:]
         text = re.sub(r"\bi\b", "I", text)
     return text
+
+
+def _strip_prompt(ids: list[int], prompt: list[int]) -> list[int]:
+    """Generated ids without the decoder prompt (transformers returns it on some paths)."""
+    return ids[len(prompt):] if ids[: len(prompt)] == prompt else ids
 
 
 @contextlib.contextmanager

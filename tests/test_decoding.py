@@ -1,0 +1,131 @@
+"""The temperature fallback (loops, unlikely text, silence) and Whisper's scored decoding."""
+
+import numpy as np
+import pytest
+import torch
+
+import speechtl
+from speechtl.decoding import DecodeOptions, Hypothesis, compression_ratio, decode_with_fallback
+from speechtl.errors import SpeechtlError
+
+LOOP = "the boy, " * 40
+
+
+def test_compression_ratio_flags_loops_not_sentences():
+    assert compression_ratio(LOOP) > 2.4
+    assert compression_ratio("Mark lived in New York before he moved to Boston with his sister.") < 2.4
+    assert compression_ratio("") == 0.0
+
+
+class Scripted:
+    """decode(indices, temperature) answering from a table; records every call."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def __call__(self, idx, t):
+        self.calls.append((list(idx), t))
+        return [Hypothesis(**self.table[(i, t)]) if (i, t) in self.table else Hypothesis(**self.table[(i, None)])
+                for i in idx]
+
+
+def test_only_failures_are_resampled_in_temperature_order_until_one_passes():
+    table = {
+        (0, None): dict(text="fine", avg_logprob=-0.2),
+        (1, 0.0): dict(text=LOOP, avg_logprob=-0.1),  # a loop at temperature 0
+        (1, 0.2): dict(text="still unsure", avg_logprob=-1.5),  # unlikely
+        (1, 0.4): dict(text="the boy ran", avg_logprob=-0.6, temperature=0.4),
+        (1, None): dict(text="never reached", avg_logprob=-0.1),
+    }
+    dec = Scripted(table)
+    out = decode_with_fallback(dec, 2, DecodeOptions())
+    assert [h.text for h in out] == ["fine", "the boy ran"]
+    assert dec.calls == [([0, 1], 0.0), ([1], 0.2), ([1], 0.4)]
+
+
+def test_when_every_temperature_fails_the_likeliest_non_loop_is_kept():
+    opts = DecodeOptions(temperatures=(0.0, 0.5, 1.0))
+    table = {(0, 0.0): dict(text=LOOP, avg_logprob=-0.05), (0, 0.5): dict(text="a", avg_logprob=-1.8),
+             (0, 1.0): dict(text="b", avg_logprob=-1.3)}
+    out = decode_with_fallback(Scripted(table), 1, opts)
+    assert out[0].text == "b"  # the loop had the best log-probability but is not kept
+
+
+def test_silence_is_empty_and_not_resampled():
+    dec = Scripted({(0, None): dict(text="you", avg_logprob=-1.4, no_speech_prob=0.9)})
+    out = decode_with_fallback(dec, 1, DecodeOptions())
+    assert out[0].text == "" and dec.calls == [([0], 0.0)]
+    # Confident text is kept even when the no-speech probability is high (OpenAI's rule needs both).
+    kept = decode_with_fallback(Scripted({(0, None): dict(text="yes", avg_logprob=-0.3, no_speech_prob=0.9)}),
+                                1, DecodeOptions())
+    assert kept[0].text == "yes"
+
+
+def test_plain_options_decode_once():
+    dec = Scripted({(0, None): dict(text=LOOP, avg_logprob=-3.0, no_speech_prob=0.99)})
+    out = decode_with_fallback(dec, 1, DecodeOptions.plain())
+    assert out[0].text == LOOP and len(dec.calls) == 1
+
+
+@pytest.mark.parametrize("kw", [dict(beam_size=0), dict(best_of=0), dict(temperatures=()), dict(temperatures=(-1,))])
+def test_bad_options_are_refused(kw):
+    with pytest.raises(SpeechtlError):
+        DecodeOptions(**kw)
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return speechtl.create_backbone("whisper-tiny-random")
+
+
+def _waves(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in (0.6, 1.3, 0.9, 2.0)[:n]]
+
+
+def test_scored_decode_is_the_same_in_a_batch_and_alone(whisper):
+    feats, lens = whisper.prepare(_waves())
+    batched = whisper.decode(feats, lens)
+    alone = [whisper.decode(feats[i : i + 1], lens[i : i + 1])[0] for i in range(len(lens))]
+    assert [h.text for h in batched] == [h.text for h in alone]
+    np.testing.assert_allclose([h.avg_logprob for h in batched], [h.avg_logprob for h in alone], atol=1e-4)
+    np.testing.assert_allclose([h.no_speech_prob for h in batched], [h.no_speech_prob for h in alone], atol=1e-5)
+    assert all(h.avg_logprob < 0 and 0 <= h.no_speech_prob <= 1 for h in batched)
+    assert [h.text for h in batched] == whisper.generate(feats, lens)
+
+
+def test_avg_logprob_is_the_mean_of_the_decoded_tokens_log_probabilities(whisper):
+    """Recomputed from the model's own per-step scores (transformers' generate), not from our pass."""
+    feats, lens = whisper.prepare(_waves(1))
+    h = whisper.decode(feats, lens, max_new_tokens=20)[0]
+    enc = whisper.encode(feats, lens).last_hidden_state
+    from transformers.modeling_outputs import BaseModelOutput
+
+    out = whisper.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=enc), max_new_tokens=20,
+                                 return_timestamps=False, output_scores=True, return_dict_in_generate=True)
+    steps = torch.stack(out.scores, 1)[0].float().log_softmax(-1)  # each step after the suppressions
+    ids = out.sequences[0, -steps.shape[0]:]
+    eot = whisper.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    keep = (ids != eot).cumsum(0) == torch.arange(1, len(ids) + 1)  # tokens up to (and with) the first end
+    n = int(keep.sum()) + (1 if (ids == eot).any() else 0)
+    total = steps[torch.arange(n), ids[:n]].sum().item()
+    assert h.avg_logprob == pytest.approx(total / (int(keep.sum()) + 1), abs=1e-4)
+
+
+def test_sampling_is_seeded_and_keeps_the_likeliest_of_best_of(whisper):
+    feats, lens = whisper.prepare(_waves(2))
+    a = whisper.decode(feats, lens, temperature=1.0, best_of=3, seed=7)
+    b = whisper.decode(feats, lens, temperature=1.0, best_of=3, seed=7)
+    assert [h.text for h in a] == [h.text for h in b]
+    assert all(h.temperature == 1.0 for h in a)
+    singles = [whisper.decode(feats[:1], lens[:1], temperature=1.0, best_of=1, seed=s)[0] for s in range(3)]
+    assert len({h.text for h in singles}) > 1  # temperature 1 really samples
+
+
+def test_fallback_results_do_not_depend_on_the_batch(whisper):
+    """The random model fails the log-probability threshold, so every clip goes through the fallback."""
+    waves = _waves()
+    batched = speechtl.transcribe(whisper, waves, batch_size=4, return_segments=True)
+    alone = [speechtl.transcribe(whisper, w, return_segments=True)[0] for w in waves]
+    assert any(t.segments[0].temperature > 0 for t in batched)
+    assert [t.text for t in batched] == [t.text for t in alone]
