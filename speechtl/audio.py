@@ -29,16 +29,7 @@ def load_audio(
     longer than ``max_seconds`` (``None`` for no limit).
     """
     p = Path(path)
-    if not p.exists():
-        raise AudioError(f"{p}: no such audio file; check the path (relative paths in a manifest are read from its folder)")
-    if not p.is_file():
-        raise AudioError(f"{p}: is not a file (a folder?); give the path of a sound file")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{p}: is an empty file (0 bytes); re-export it, or remove it from the input")
-    try:
-        info = sf.info(str(p))
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with varying text
-        raise AudioError(f"{p}: cannot decode audio ({_short(e)}); re-export it as wav/flac/ogg") from None
+    info = probe(p)
     native_rate = info.samplerate
     total = info.frames / native_rate if native_rate else 0.0
     if duration is None and max_seconds is not None and total - offset > max_seconds:
@@ -51,7 +42,8 @@ def load_audio(
     try:
         wav, _ = sf.read(str(p), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(f"{p}: cannot decode audio ({_short(e)}); the file may be truncated or corrupt") from None
+        raise AudioError(f"{p}: cannot decode audio ({describe_error(e)}); the file may be truncated or "
+                         "corrupt") from None
     if wav.shape[0] == 0:
         raise AudioError(f"{p}: holds no samples (empty audio); remove it from the input")
     wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
@@ -60,6 +52,22 @@ def load_audio(
     if native_rate != sample_rate:
         wav = resample(wav, native_rate, sample_rate)
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def probe(path: str | os.PathLike):
+    """The soundfile header of ``path``, after the checks every reader makes; raises :class:`AudioError`."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"{p}: no such audio file; check the path (relative paths in a manifest are read from "
+                         "its folder)")
+    if not p.is_file():
+        raise AudioError(f"{p}: is not a file (a folder?); give the path of a sound file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: is an empty file (0 bytes); re-export it, or remove it from the input")
+    try:
+        return sf.info(str(p))
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with varying text
+        raise AudioError(f"{p}: cannot decode audio ({describe_error(e)}); re-export it as wav/flac/ogg") from None
 
 
 def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -73,16 +81,10 @@ def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
 
 def audio_duration(path: str | os.PathLike) -> float:
     """Duration in seconds from the file header, without decoding; raises :class:`AudioError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise AudioError(f"{p}: no such audio file; check the path")
-    try:
-        info = sf.info(str(p))
-    except Exception as e:
-        raise AudioError(f"{p}: cannot decode audio ({_short(e)})") from None
+    info = probe(path)
     return info.frames / info.samplerate if info.samplerate else 0.0
 
 
-def _short(e: Exception) -> str:
+def describe_error(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[-1][:160] if text else type(e).__name__

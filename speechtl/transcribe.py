@@ -1,5 +1,14 @@
-"""Batched transcription for every ASR backbone (Whisper and the wav2vec2 family), with optional
-routing of each utterance to the adapter of its accent (:mod:`speechtl.routing`)."""
+"""Batched transcription for every ASR backbone (Whisper and the wav2vec2 family), of clips or of
+recordings hours long, on PyTorch or CTranslate2, with optional routing of each utterance to the
+adapter of its accent (:mod:`speechtl.routing`).
+
+The path of one call: each input is checked (exists, decodes, within ``max_seconds``) and cut
+into segments (:mod:`speechtl.segments`: a clip of up to 30 s is one segment; a longer recording
+is streamed through voice-activity detection and cut at silences); segments of similar length
+are decoded together (:mod:`speechtl.engines`) with the temperature fallback that catches
+repetition loops (:mod:`speechtl.decoding`); each input's segments come back in order with their
+times (:class:`~speechtl.segments.Transcript`).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +22,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audio import DEFAULT_MAX_SECONDS, load_audio
 from .backbones import create_backbone
+from .decoding import DecodeOptions, Hypothesis, decode_with_fallback
+from .engines import ENGINES, Ct2Whisper
 from .errors import SpeechtlError
+from .segments import LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Segment, Transcript, join_texts, open_source, plan_segments
+from .vad import VadOptions
 
 AudioInput = str | os.PathLike | np.ndarray
+MERGEABLE = ("lora", "dora", "ia3")
 
 
 def transcribe(
@@ -34,20 +47,29 @@ def transcribe(
     soft: bool = False,
     speakers: Sequence[Any] | None = None,
     return_routes: bool = False,
+    return_segments: bool = False,
     max_new_tokens: int = 128,
-    max_seconds: float = DEFAULT_MAX_SECONDS,
+    max_seconds: float | None = LONG_FORM_LIMIT,
+    decode_options: DecodeOptions | None = None,
+    vad: VadOptions | None = None,
+    engine: str = "torch",
+    merge_adapter: bool = True,
     device: str | torch.device | None = None,
     progress: bool | None = None,
-) -> list[str] | tuple[list[str], list[Any]]:
+) -> list[str] | tuple[list[str], list[Any]] | list[Transcript]:
     """Transcribe audio files or waveforms; returns one string per input, in input order.
 
     Args:
-        model: a backbone name (``"whisper-tiny.en"``, a folder, a hub id) or a backbone object.
-        audio: a path, a float32 waveform ``(samples,)`` at the model's rate, or a list of them.
-        batch_size: clips per forward pass; clips are sorted by length first so a batch holds
-            clips of similar length (less padding), and results return in input order.
+        model: a backbone name (``"whisper-tiny.en"``, a folder, a hub id) or a backbone object;
+            with ``engine="ct2"`` a CTranslate2 folder, a packaged name or a :class:`~speechtl.engines.Ct2Whisper`.
+        audio: a path, a float32 waveform ``(samples,)`` at the model's rate, or a list of them;
+            any length up to ``max_seconds`` (4 hours by default).
+        batch_size: segments per forward pass; segments are sorted by length first so a batch
+            holds segments of similar length (less padding), and results return in input order.
         beam_size: 1 for greedy decoding, more for beam search (Whisper).
-        adapter: a saved adapter folder to apply to the model first.
+        adapter: a saved adapter folder to apply to the model first. A LoRA/DoRA/IA3 adapter is
+            merged into the weights for speed when this call loaded the model itself (``model`` a
+            name or folder) and ``merge_adapter`` is on.
         adapters: ``{accent: saved adapter folder}`` loaded once onto the model as named adapters;
             each utterance runs with the one ``route`` picks (see :mod:`speechtl.routing`).
         accent_classifier: a saved ``--task accent-id`` folder (or a loaded classifier) for ``route="auto"``.
@@ -59,13 +81,23 @@ def transcribe(
             (weights rounded to 0.01) instead of picking one.
         speakers: one speaker label per input (None: decide that input alone); with ``"auto"`` a
             speaker's inputs share one route, chosen on the classifier's evidence pooled over them.
-        return_routes: return ``(texts, routes)``, with a :class:`speechtl.routing.Route` per input.
+            Without it, each segment of a long recording is routed on its own.
+        return_routes: return ``(texts, routes)``, with a :class:`speechtl.routing.Route` per input
+            (a long recording's first segment's route).
+        return_segments: return a :class:`~speechtl.segments.Transcript` per input (text, segments with
+            start and end seconds and decoder evidence, route).
+        max_new_tokens: tokens decoded per segment at most.
+        max_seconds: refuse inputs longer than this (None: no limit).
+        decode_options: Whisper's decoding and fallback settings (:class:`~speechtl.decoding.DecodeOptions`;
+            by default OpenAI's thresholds and temperatures with ``beam_size`` and ``max_new_tokens``).
+            ``DecodeOptions.plain()`` decodes once at temperature 0.
+        vad: voice-activity detection settings for cutting long recordings (:class:`~speechtl.vad.VadOptions`).
+        engine: ``"torch"`` (default; adapters and routing) or ``"ct2"`` (CTranslate2 via faster-whisper).
         device: where to run; the model's own device by default.
         progress: show a progress bar; by default when there is more than one batch.
     """
-    backbone = create_backbone(model) if isinstance(model, str | os.PathLike) else model
-    if getattr(backbone, "modality", None) != "audio" or not hasattr(backbone, "generate"):
-        raise SpeechtlError(f"{getattr(backbone, 'name', backbone)!r} is not a speech recognition model")
+    if engine not in ENGINES:
+        raise SpeechtlError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if batch_size < 1 or beam_size < 1:
         raise SpeechtlError(f"batch_size and beam_size must be at least 1 (got {batch_size}, {beam_size})")
     routing = bool(adapters) or accent_classifier is not None
@@ -74,69 +106,138 @@ def transcribe(
                             "not both")
     if soft and not routing:
         raise SpeechtlError("soft routing needs adapters={accent: DIR, ...} and an accent_classifier")
-    router = None
-    if routing:
-        from .routing import get_router
-
-        if device is not None:
-            backbone.to(device)
-        router = get_router(backbone, adapters, accent_classifier)
-        if soft and route != "auto":
-            raise SpeechtlError(f"soft routing mixes adapters by the classifier's probabilities; it needs route "
-                                f"'auto', not {route!r}")
-    elif adapter is not None:
-        from .adapters import load_adapter
-
-        backbone = load_adapter(backbone, adapter)
     items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray) else list(audio)
     if speakers is not None:
-        if router is None:
+        if not routing:
             raise SpeechtlError("speakers groups inputs for routing; give adapters={accent: DIR, ...} and an "
                                 "accent_classifier too")
         if len(speakers) != len(items):
             raise SpeechtlError(f"got {len(speakers)} speakers for {len(items)} inputs; give one per input")
-    if device is not None:
-        backbone.to(device)
-    device = next(backbone.parameters()).device
-    backbone.eval()
-    # Decode everything up front: a bad file fails before any compute, naming the file.
-    waves = [
-        load_audio(a, backbone.sample_rate, max_seconds=max_seconds) if not isinstance(a, np.ndarray) else a
-        for a in items
-    ]
-    if router is not None:
-        routes = router.choose(waves, route=route, min_prob=min_prob, soft=soft, batch_size=batch_size,
-                               groups=speakers)
-        generator = router.generator
+    if engine == "ct2":
+        if routing or adapter is not None:
+            raise SpeechtlError("the ct2 engine runs exported models: export the adapted model first "
+                                "(speechtl-export --adapter DIR --format ct2), or use engine torch for adapters")
+        runner = model if isinstance(model, Ct2Whisper) else Ct2Whisper(model, device=str(device or "cpu"))
+        router = None
     else:
-        routes = []
-        generator = backbone
-    # Utterances sharing a route run together, so each adapter setting is switched to once.
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i in range(len(waves)):
-        groups[routes[i].key if routes else ()].append(i)
+        runner, router = _torch_runner(model, adapter, adapters, accent_classifier, soft, route, merge_adapter, device)
+    seq2seq = getattr(runner, "task", None) == "seq2seq"
+    opts = decode_options or DecodeOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
+    if not seq2seq:
+        opts = DecodeOptions.plain(beam_size, max_new_tokens)  # CTC: one pass, nothing to fall back on
+
+    # Check every input and find its segments before any model compute: a bad file fails first, named.
+    rate = runner.sample_rate
+    sources = [open_source(a, rate, max_seconds) for a in items]
+    jobs: list[tuple[int, int, int, bool]] = []  # (input, start, end, speech) in samples
+    held: dict[int, np.ndarray] = {}
+    for k, src in enumerate(sources):
+        if src.duration <= MAX_SEGMENT_SECONDS:
+            held[len(jobs)] = src.read()  # a clip is read once and kept; a long recording is read per batch
+            src.item, src.duration = held[len(jobs)], len(held[len(jobs)]) / rate
+        jobs += [(k, a, b, speech) for a, b, speech in plan_segments(src, vad=vad)]
+
+    def wave(j: int) -> np.ndarray:
+        if j in held:
+            return held[j]
+        k, a, b, _ = jobs[j]
+        return sources[k].read(a, b)
+
+    routes: list[Any] = []
+    if router is not None:
+        waves = [wave(j) for j in range(len(jobs))]
+        groups = [speakers[k] for k, *_ in jobs] if speakers is not None else None
+        routes = router.choose(waves, route=route, min_prob=min_prob, soft=soft, batch_size=batch_size, groups=groups)
+        held = dict(enumerate(waves))
+    # Segments sharing a route run together, so each adapter setting is switched to once.
+    by_route: dict[tuple, list[int]] = defaultdict(list)
+    for j in range(len(jobs)):
+        by_route[routes[j].key if routes else ()].append(j)
     plan = []
-    for key, members in groups.items():
-        order = sorted(members, key=lambda i: -len(waves[i]))
-        plan += [(key, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    for key, members in by_route.items():
+        order = sorted(members, key=lambda j: -(jobs[j][2] - jobs[j][1]))
+        plan += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     show = progress if progress is not None else len(plan) > 1
-    texts: list[str] = [""] * len(waves)
+    hyps: list[Hypothesis | None] = [None] * len(jobs)
     with torch.no_grad():
-        for key, idx in tqdm(plan, desc="transcribe", unit="batch", disable=not show):
-            inputs, lengths = backbone.prepare([waves[i] for i in idx])
+        for idx in tqdm(plan, desc="transcribe", unit="batch", disable=not show):
             with router.using(routes[idx[0]]) if router is not None else nullcontext():
-                out = generator.generate(inputs.to(device), lengths.to(device), beam_size=beam_size,
-                                         max_new_tokens=max_new_tokens)
-            for i, t in zip(idx, out):
-                texts[i] = t
+                for j, h in zip(idx, _decode_batch(runner, [wave(j) for j in idx], opts, seq2seq)):
+                    hyps[j] = h
+            for j in idx:
+                held.pop(j, None)  # decoded: its audio is not needed again
+
+    transcripts = [Transcript("", [], src.duration) for src in sources]
+    quiet = opts.no_speech_threshold
+    for j, (k, a, b, speech) in enumerate(jobs):
+        h = hyps[j]
+        if seq2seq and not speech and quiet is not None and h.no_speech_prob > quiet:
+            h.text = ""  # the detector heard no speech and the model agrees: silence, whatever it decoded
+        transcripts[k].segments.append(Segment(a / rate, b / rate, h.text, h.avg_logprob if seq2seq else None,
+                                               h.no_speech_prob if seq2seq else None,
+                                               h.compression_ratio if seq2seq else None,
+                                               h.temperature if seq2seq else None, speech))
+        if routes and transcripts[k].route is None:
+            transcripts[k].route = routes[j]
+    for t in transcripts:
+        t.text = join_texts(t.segments)
+    if return_segments:
+        return transcripts
+    texts = [t.text for t in transcripts]
     if return_routes:
         if not routes:
             from .routing import BASE, Route
 
             # Without routing every utterance ran the same way: the base model or the one adapter.
-            routes = [Route(BASE if adapter is None else "adapter")] * len(waves)
-        return texts, routes
+            return texts, [Route(BASE if adapter is None else "adapter")] * len(texts)
+        return texts, [t.route for t in transcripts]
     return texts
+
+
+def _torch_runner(model, adapter, adapters, accent_classifier, soft, route, merge_adapter, device):
+    """The PyTorch model that decodes (the backbone, its adapted model, or a router's) and the router."""
+    own = isinstance(model, str | os.PathLike)
+    backbone = create_backbone(model) if own else model
+    if getattr(backbone, "modality", None) != "audio" or not hasattr(backbone, "generate"):
+        raise SpeechtlError(f"{getattr(backbone, 'name', backbone)!r} is not a speech recognition model")
+    if device is not None:
+        backbone.to(device)
+    router = None
+    if bool(adapters) or accent_classifier is not None:
+        from .routing import get_router
+
+        router = get_router(backbone, adapters, accent_classifier)
+        if soft and route != "auto":
+            raise SpeechtlError(f"soft routing mixes adapters by the classifier's probabilities; it needs route "
+                                f"'auto', not {route!r}")
+        runner = router.generator
+    elif adapter is not None:
+        from .adapters import load_adapter
+
+        runner = load_adapter(backbone, adapter)
+        if own and merge_adapter and runner.method in MERGEABLE:
+            runner.merge_adapter()  # one set of weights: no adapter layers to run at every step
+    else:
+        runner = backbone
+    runner.eval()
+    return runner, router
+
+
+def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, seq2seq: bool) -> list[Hypothesis]:
+    """Hypotheses for one batch of segments: features once, then decoding with the fallback."""
+    inputs, lengths = runner.prepare(waves)
+    if torch.is_tensor(inputs):
+        device = next(runner.parameters()).device
+        inputs, lengths = inputs.to(device), lengths.to(device)
+    if not seq2seq:
+        return [Hypothesis(t) for t in runner.generate(inputs, lengths, beam_size=opts.beam_size)]
+
+    def decode(idx: Sequence[int], temperature: float) -> list[Hypothesis]:
+        sel = list(idx)
+        return runner.decode(inputs[sel], lengths[sel], temperature=temperature, beam_size=opts.beam_size,
+                             best_of=opts.best_of, max_new_tokens=opts.max_new_tokens, seed=opts.seed)
+
+    return decode_with_fallback(decode, len(waves), opts)
 
 
 from ._callable import callable_module  # noqa: E402

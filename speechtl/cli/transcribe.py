@@ -1,4 +1,12 @@
-"""speechtl-transcribe MODEL FILE...: one ``path<TAB>text`` line per file (or JSONL with --json).
+"""speechtl-transcribe MODEL FILE...: one ``path<TAB>text`` line per file; --json, --srt or --vtt for segments.
+
+Files of any length up to --max-seconds (4 hours): longer than 30 s, they are cut at silences by
+voice-activity detection into segments of at most 30 s, decoded in batches. --json prints one line
+per file with its segments (start and end seconds, text, the decoder's evidence); --srt and --vtt
+print subtitles (one file), or write OUT_DIR/<name>.srt|.vtt with --out-dir. Whisper decoding
+falls back to sampling at higher temperatures when a segment loops or is unlikely (OpenAI's
+thresholds; --no-fallback turns it off). --engine ct2 runs a CTranslate2 folder (speechtl-export
+--format ct2, any faster-whisper model, or a packaged name) through faster-whisper.
 
 With --adapters ACCENT=DIR ... each file runs with the adapter of its accent, chosen by --route
 (auto: the --accent-classifier decides; none: the base model; ACCENT: that adapter); lines then
@@ -14,7 +22,12 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
+from ..decoding import DecodeOptions
+from ..errors import SpeechtlError
+from ..fileio import atomic_write_text
+from ..segments import LONG_FORM_LIMIT
 from ._common import add_common_args, run_cli
 
 
@@ -26,43 +39,119 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
     p.add_argument("--adapter", help="a saved adapter folder to apply")
     add_routing_args(p)
+    p.add_argument("--engine", default="torch", help="torch (default; adapters, routing) or ct2 (CTranslate2)")
+    p.add_argument("--compute-type", default="default",
+                   help="with --engine ct2: default (the folder's), int8, int8_float32, float16, float32")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--bf16", action="store_true", help="run in bfloat16 (CUDA)")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer files")
-    p.add_argument("--json", action="store_true", help="JSONL output: {path, text}")
+    p.add_argument("--bf16", action="store_true", help="run in bfloat16 (CUDA, --engine torch)")
+    p.add_argument("--max-seconds", type=float, default=LONG_FORM_LIMIT,
+                   help=f"refuse longer files (default {LONG_FORM_LIMIT:g} s, 4 hours)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="JSONL output: {path, text, duration, segments, ...}")
+    out.add_argument("--srt", action="store_true", help="SubRip subtitles, one cue per segment")
+    out.add_argument("--vtt", action="store_true", help="WebVTT subtitles, one cue per segment")
+    p.add_argument("--out-dir", help="with --srt/--vtt: write OUT_DIR/<file name>.srt|.vtt per file")
+    p.add_argument("--overwrite", action="store_true", help="with --out-dir: replace existing subtitle files")
+    d = DecodeOptions()
+    p.add_argument("--temperatures", default=",".join(f"{t:g}" for t in d.temperatures),
+                   help="fallback temperatures, tried in order while a segment fails the thresholds")
+    p.add_argument("--best-of", type=int, default=d.best_of, help="samples per fallback temperature")
+    p.add_argument("--compression-ratio-threshold", type=float, default=d.compression_ratio_threshold,
+                   help="gzip ratio above which a segment is a repetition loop")
+    p.add_argument("--logprob-threshold", type=float, default=d.logprob_threshold,
+                   help="mean token log-probability below which a segment failed")
+    p.add_argument("--no-speech-threshold", type=float, default=d.no_speech_threshold,
+                   help="no-speech probability above which a failed segment is silence")
+    p.add_argument("--no-fallback", action="store_true", help="decode once at temperature 0")
     p.add_argument("--no-progress", action="store_true")
     add_common_args(p)
     return p
 
 
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
+    """The :class:`~speechtl.decoding.DecodeOptions` the decoding flags ask for."""
+    try:
+        temps = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
+    except ValueError:
+        raise SpeechtlError(f"--temperatures {args.temperatures}: give numbers separated by commas, e.g. "
+                            "0,0.2,0.4,0.6,0.8,1.0") from None
+    return DecodeOptions(beam_size=args.beam_size, temperatures=(0.0,) if args.no_fallback else temps,
+                         best_of=args.best_of, compression_ratio_threshold=args.compression_ratio_threshold,
+                         logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold)
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import create_backbone
     from ..transcribe import transcribe
 
+    opts = decode_options(args)
     routing = routing_kwargs(args)  # bad --adapters fail before the model loads
+    routing.pop("return_routes", None)
     if routing.pop("route_by", None) == "all":
         routing["speakers"] = ["all"] * len(args.files)
+    subtitles = "srt" if args.srt else "vtt" if args.vtt else None
+    targets = _subtitle_paths(args, subtitles)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs = {"dtype": torch.bfloat16} if args.bf16 else {}
-    backbone = create_backbone(args.model, **kwargs).to(device)
+    if args.engine == "ct2":
+        if args.bf16:
+            raise SpeechtlError("--bf16 is for --engine torch; with ct2 give --compute-type float16 or bfloat16")
+        from ..engines import Ct2Whisper
+
+        model = Ct2Whisper(args.model, device=device, compute_type=args.compute_type)
+    else:
+        if args.compute_type != "default":
+            raise SpeechtlError("--compute-type is for --engine ct2; with torch use --bf16 (CUDA)")
+        from .. import create_backbone
+
+        model = create_backbone(args.model, **({"dtype": torch.bfloat16} if args.bf16 else {})).to(device)
     start = time.perf_counter()
-    texts = transcribe(backbone, args.files, batch_size=args.batch_size, beam_size=args.beam_size,
-                       adapter=args.adapter, max_seconds=args.max_seconds,
-                       progress=False if args.no_progress else None, **routing)
+    results = transcribe(model, args.files, batch_size=args.batch_size, adapter=args.adapter,
+                         max_seconds=args.max_seconds, decode_options=opts, engine=args.engine,
+                         merge_adapter=True, return_segments=True,
+                         progress=False if args.no_progress else None, **routing)
     elapsed = time.perf_counter() - start
-    routes = [None] * len(args.files)
-    if routing:
-        texts, routes = texts
-    for path, text, route in zip(args.files, texts, routes):
-        if args.json:
-            row = {"path": path, "text": text, **(route.to_json() if route is not None else {})}
-            print(json.dumps(row, ensure_ascii=False))
+    for path, t in zip(args.files, results):
+        if subtitles:
+            from ..subtitles import RENDERERS
+
+            text = RENDERERS[subtitles](t)
+            if targets:
+                atomic_write_text(targets[path], text)
+                print(f"wrote {targets[path]}", file=sys.stderr)
+            else:
+                print(text, end="")
+        elif args.json:
+            print(json.dumps({"path": path, **t.to_json()}, ensure_ascii=False))
         else:
-            print(f"{path}\t{text}" + (f"\t{route.name}" if route is not None else ""))
-    print(f"transcribed {len(texts)} file(s) in {elapsed:.1f} s", file=sys.stderr)
+            print(f"{path}\t{t.text}" + (f"\t{t.route.name}" if t.route is not None else ""))
+    audio = sum(t.duration for t in results)
+    print(f"transcribed {len(results)} file(s), {audio:.1f} s of audio, in {elapsed:.1f} s", file=sys.stderr)
     return 0
+
+
+def _subtitle_paths(args: argparse.Namespace, kind: str | None) -> dict[str, Path]:
+    """Where --out-dir puts each file's subtitles; refuses clashes and existing files (without --overwrite)."""
+    if args.out_dir and not kind:
+        raise SpeechtlError("--out-dir is for --srt or --vtt; without them transcripts print to stdout")
+    if not kind:
+        return {}
+    if not args.out_dir:
+        if len(args.files) > 1:
+            raise SpeechtlError(f"--{kind} with {len(args.files)} files: give --out-dir DIR to write one file each")
+        return {}
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise SpeechtlError(f"--out-dir {out} is a file; give a folder")
+    targets = {f: out / f"{Path(f).stem}.{kind}" for f in args.files}
+    seen: dict[Path, str] = {}
+    for f, t in targets.items():
+        if t in seen:
+            raise SpeechtlError(f"{f} and {seen[t]} would both write {t}; transcribe them in separate runs")
+        seen[t] = f
+        if t.exists() and not args.overwrite:
+            raise SpeechtlError(f"{t} already exists; pass --overwrite to replace it")
+    return targets
 
 
 _POOLED = "share one route, chosen on the classifier's evidence pooled over them"
@@ -90,7 +179,6 @@ def add_routing_args(p: argparse.ArgumentParser, *, route_by: tuple[str, ...] = 
 
 def routing_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments of :func:`speechtl.transcribe.transcribe` for routing (empty when not routing)."""
-    from ..errors import SpeechtlError
     from ..routing import parse_adapter_specs
 
     adapters = parse_adapter_specs(args.adapters)
