@@ -1,0 +1,143 @@
+"""Decoding engines for :func:`speechtl.transcribe`: PyTorch (any backbone) or CTranslate2 (Whisper).
+
+Both answer the surface transcription needs: ``sample_rate``, ``prepare(waves) -> (features,
+lengths)`` and ``decode(features, lengths, temperature=, beam_size=, best_of=, max_new_tokens=,
+seed=) -> [Hypothesis]``. The PyTorch engine is the backbone itself (adapters and routing work
+there). :class:`Ct2Whisper` runs a CTranslate2 Whisper folder — one written by
+``speechtl-export --format ct2``, any faster-whisper model folder, or a packaged checkpoint — with
+faster-whisper's loader and the same features, prompt, thresholds and fallback as PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .decoding import Hypothesis
+from .errors import ModelNotFoundError, SpeechtlError
+
+ENGINES = ("torch", "ct2")
+
+
+def resolve_ct2_folder(model: str | os.PathLike) -> Path:
+    """The CTranslate2 folder of ``model``: a packaged name or a folder (an export is verified first)."""
+    from .convert.packaged import PACKAGED, packaged_ct2_dir
+
+    if isinstance(model, str) and model in PACKAGED:
+        return packaged_ct2_dir(model)
+    folder = Path(model)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"{model}: not a folder nor a packaged model ({', '.join(sorted(PACKAGED))}); "
+                                 "--engine ct2 takes a CTranslate2 Whisper folder (speechtl-export --format ct2)")
+    from .export import EXPORT_INFO, verify_export
+
+    if (folder / EXPORT_INFO).is_file():
+        verify_export(folder)
+    if not (folder / "model.bin").is_file():
+        hint = ""
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            hint = " (it is a transformers folder: use --engine torch, or speechtl-export --format ct2 to convert it)"
+        raise SpeechtlError(f"{folder}: not a CTranslate2 model folder, model.bin is missing{hint}")
+    if not (folder / "tokenizer.json").is_file():
+        raise SpeechtlError(f"{folder}: tokenizer.json is missing; a CTranslate2 Whisper folder needs it "
+                            "(speechtl-export --format ct2 copies it)")
+    return folder
+
+
+class Ct2Whisper:
+    """A CTranslate2 Whisper model behind the engine surface.
+
+    Args:
+        model: a CTranslate2 folder or a packaged name (``whisper-tiny.en``, ``whisper-base``).
+        device: ``cpu`` or ``cuda``.
+        compute_type: CTranslate2's (``default`` keeps the folder's quantization where the device
+            supports it; ``int8``, ``int8_float32``, ``float16``, ``float32``).
+        threads: CPU threads (default: torch's).
+        language: the language of multilingual models.
+    """
+
+    modality = "audio"
+    task = "seq2seq"
+    sample_rate = 16000
+
+    def __init__(self, model: str | os.PathLike, *, device: str = "cpu", compute_type: str = "default",
+                 threads: int | None = None, language: str = "en"):
+        try:
+            from faster_whisper import WhisperModel
+            from faster_whisper.tokenizer import Tokenizer
+        except ImportError:
+            raise SpeechtlError("--engine ct2 needs faster-whisper: pip install faster-whisper==1.2.1") from None
+        import torch
+        from transformers import WhisperFeatureExtractor
+
+        self.folder = resolve_ct2_folder(model)
+        self.name = str(model)
+        threads = threads or torch.get_num_threads()
+        try:
+            self._fw = WhisperModel(str(self.folder), device=device, compute_type=compute_type, cpu_threads=threads)
+        except (RuntimeError, ValueError, OSError) as e:
+            raise SpeechtlError(f"{self.folder}: CTranslate2 cannot load this model ({str(e).splitlines()[0]}); "
+                                "the folder is damaged or not a Whisper model: export it again") from None
+        self.model = self._fw.model
+        self.multilingual = self.model.is_multilingual
+        self.language = language if self.multilingual else None
+        self.tokenizer = Tokenizer(self._fw.hf_tokenizer, self.multilingual, task="transcribe",
+                                   language=self.language)
+        pre = self.folder / "preprocessor_config.json"
+        mels = self.model.n_mels
+        self.feature_extractor = (WhisperFeatureExtractor.from_pretrained(str(self.folder)) if pre.is_file()
+                                  else WhisperFeatureExtractor(feature_size=mels))
+        if self.feature_extractor.feature_size != mels:
+            raise SpeechtlError(f"{pre}: feature_size {self.feature_extractor.feature_size} but the model takes "
+                                f"{mels} mel bins; the folder is inconsistent, export it again")
+        # -1: the tokens the model's own config suppresses (config.json's suppress_ids, written from the
+        # transformers generation config), so both engines suppress the same tokens.
+        self.suppress_tokens = [-1]
+        self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
+        # Decoder positions: Whisper's 448 unless an export recorded another (small test models).
+        self.max_positions = int(self.info().get("max_target_positions") or 448)
+
+    def info(self) -> dict[str, Any]:
+        meta = self.folder / "speechtl_export.json"
+        return json.loads(meta.read_text()) if meta.is_file() else {"folder": str(self.folder)}
+
+    def prepare(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Log-mel ``(batch, n_mels, 3000)`` of clips padded to 30 s (as the PyTorch engine computes them)."""
+        feats = self.feature_extractor([np.asarray(w, dtype=np.float32) for w in waves], sampling_rate=16000,
+                                       padding="max_length", return_tensors="np").input_features
+        return np.ascontiguousarray(feats, dtype=np.float32), np.array([len(w) // 160 for w in waves])
+
+    def decode(self, inputs: np.ndarray, lengths: np.ndarray, *, temperature: float = 0.0, beam_size: int = 1,
+               best_of: int = 1, max_new_tokens: int = 128, seed: int = 0, score: bool = True) -> list[Hypothesis]:
+        import ctranslate2
+
+        inputs = np.ascontiguousarray(inputs)
+        kwargs: dict[str, Any]
+        if temperature > 0:
+            ctranslate2.set_random_seed(seed)
+            kwargs = {"beam_size": 1, "num_hypotheses": best_of, "sampling_topk": 0,
+                      "sampling_temperature": temperature}
+        else:
+            kwargs = {"beam_size": beam_size}
+        # CTranslate2's Whisper decodes at most max_length / 2 new tokens (measured for 6 to 256 here;
+        # faster-whisper's 448 gives OpenAI's 224), so twice the new tokens asked for; prompt and new
+        # tokens must fit the decoder's positions.
+        new = min(max_new_tokens, self.max_positions - len(self.prompt))
+        results = self.model.generate(
+            ctranslate2.StorageView.from_array(inputs), [self.prompt] * len(inputs),
+            max_length=2 * new, return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self.suppress_tokens, **kwargs)
+        hyps = []
+        for r in results:
+            options = []
+            for tokens, s in zip(r.sequences_ids, r.scores):
+                # CTranslate2 returns the log-probability normalised by length; faster-whisper's mean:
+                avg = s * len(tokens) / (len(tokens) + 1)
+                options.append(Hypothesis(self.tokenizer.decode(tokens).strip(), avg, r.no_speech_prob,
+                                          temperature, len(tokens)))
+            hyps.append(max(options, key=lambda h: h.avg_logprob))
+        return hyps
