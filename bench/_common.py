@@ -27,8 +27,21 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def git_state() -> dict[str, Any]:
+    """The commit the benchmark ran at and whether the working tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(status)}
+
+
 def machine_facts() -> dict[str, Any]:
-    """CPU, thread counts and library versions (the load average is added by :func:`finish`)."""
+    """CPU, thread counts, library versions and the git commit (the load average is added by :func:`finish`)."""
     import peft
     import torch
     import transformers
@@ -56,6 +69,7 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                      "speechtl": speechtl_version},
+        "git": git_state(),
         "load_average_before": load_average(),
     }
 

