@@ -74,6 +74,7 @@ def verify_checksums(folder: str | os.PathLike, corrupt: Callable[[str], Speecht
             if record.get(k) != v:
                 raise corrupt(f"{CHECKSUMS} has {k} {record.get(k)!r}, expected {v!r}")
         sizes = {rel: int(e["size"]) for rel, e in entries.items()}
+        hashes = {rel: str(e["sha256"]) for rel, e in entries.items()}
     except FileNotFoundError:
         raise corrupt(f"{CHECKSUMS} is missing") from None
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError, UnicodeDecodeError):
@@ -91,7 +92,7 @@ def verify_checksums(folder: str | os.PathLike, corrupt: Callable[[str], Speecht
     key = str(folder.resolve())
     if _VERIFIED.get(key) != tuple(state):
         for rel in present:
-            if sha256_file(folder / rel) != entries[rel]["sha256"]:
+            if sha256_file(folder / rel) != hashes[rel]:
                 raise corrupt(f"the sha256 of {rel} changed")
         _VERIFIED[key] = tuple(state)
     return record

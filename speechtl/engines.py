@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .audio import describe_error
 from .decoding import Hypothesis
 from .errors import ModelNotFoundError, SpeechtlError
 
@@ -33,10 +34,13 @@ def resolve_ct2_folder(model: str | os.PathLike) -> Path:
     if not folder.is_dir():
         raise ModelNotFoundError(f"{model}: not a folder nor a packaged model ({', '.join(sorted(PACKAGED))}); "
                                  "--engine ct2 takes a CTranslate2 Whisper folder (speechtl-export --format ct2)")
+    from .checksums import CHECKSUMS, verify_checksums
     from .export import EXPORT_INFO, verify_export
 
     if (folder / EXPORT_INFO).is_file():
         verify_export(folder)
+    elif (folder / CHECKSUMS).is_file():  # written by speechtl (its export record removed?): still verified
+        verify_checksums(folder)
     if not (folder / "model.bin").is_file():
         hint = ""
         if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
@@ -74,14 +78,27 @@ class Ct2Whisper:
         import torch
         from transformers import WhisperFeatureExtractor
 
+        import ctranslate2
+
         self.folder = resolve_ct2_folder(model)
         self.name = str(model)
         threads = threads or torch.get_num_threads()
+        kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+            raise SpeechtlError(f"device {device!r}: give cpu, cuda or cuda:N")
+        if kind == "cuda" and ctranslate2.get_cuda_device_count() <= int(index or 0):
+            raise SpeechtlError(f"device {device!r}: CTranslate2 sees {ctranslate2.get_cuda_device_count()} CUDA "
+                                "device(s); give --device cpu or another device")
+        supported = sorted(ctranslate2.get_supported_compute_types(kind))
+        if compute_type not in ("default", "auto", *supported):
+            raise SpeechtlError(f"compute type {compute_type!r} on {kind}: choose default or one of "
+                                f"{', '.join(supported)}")
         try:
-            self._fw = WhisperModel(str(self.folder), device=device, compute_type=compute_type, cpu_threads=threads)
-        except (RuntimeError, ValueError, OSError) as e:
-            raise SpeechtlError(f"{self.folder}: CTranslate2 cannot load this model ({str(e).splitlines()[0]}); "
-                                "the folder is damaged or not a Whisper model: export it again") from None
+            self._fw = WhisperModel(str(self.folder), device=kind, device_index=int(index or 0),
+                                    compute_type=compute_type, cpu_threads=threads)
+        except Exception as e:  # CTranslate2 and tokenizers raise RuntimeError, ValueError or bare Exception
+            raise SpeechtlError(f"{self.folder}: CTranslate2 cannot load this model ({describe_error(e)}); the "
+                                "folder is damaged or not a Whisper model: export it again") from None
         self.model = self._fw.model
         self.multilingual = self.model.is_multilingual
         self.language = language if self.multilingual else None
@@ -89,8 +106,11 @@ class Ct2Whisper:
                                    language=self.language)
         pre = self.folder / "preprocessor_config.json"
         mels = self.model.n_mels
-        self.feature_extractor = (WhisperFeatureExtractor.from_pretrained(str(self.folder)) if pre.is_file()
-                                  else WhisperFeatureExtractor(feature_size=mels))
+        try:
+            self.feature_extractor = (WhisperFeatureExtractor.from_pretrained(str(self.folder)) if pre.is_file()
+                                      else WhisperFeatureExtractor(feature_size=mels))
+        except (OSError, ValueError) as e:
+            raise SpeechtlError(f"{pre}: unreadable ({describe_error(e)}); export the model again") from None
         if self.feature_extractor.feature_size != mels:
             raise SpeechtlError(f"{pre}: feature_size {self.feature_extractor.feature_size} but the model takes "
                                 f"{mels} mel bins; the folder is inconsistent, export it again")
@@ -111,11 +131,21 @@ class Ct2Whisper:
                                        padding="max_length", return_tensors="np").input_features
         return np.ascontiguousarray(feats, dtype=np.float32), np.array([len(w) // 160 for w in waves])
 
-    def decode(self, inputs: np.ndarray, lengths: np.ndarray, *, temperature: float = 0.0, beam_size: int = 1,
-               best_of: int = 1, max_new_tokens: int = 128, seed: int = 0, score: bool = True) -> list[Hypothesis]:
+    def decoder_memory(self, inputs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The encoder's output ``(batch, 1500, d_model)``, kept for the fallback to decode again."""
         import ctranslate2
 
-        inputs = np.ascontiguousarray(inputs)
+        return np.array(self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(inputs)),
+                                          to_cpu=True))
+
+    def decode(self, inputs: np.ndarray, lengths: np.ndarray, *, temperature: float = 0.0, beam_size: int = 1,
+               best_of: int = 1, max_new_tokens: int = 128, seed: int = 0, score: bool = True,
+               encoder_states: np.ndarray | None = None) -> list[Hypothesis]:
+        """Like :meth:`speechtl.backbones.whisper.WhisperBackbone.decode`; CTranslate2 scores the tokens."""
+        import ctranslate2
+
+        # generate() takes log-mel features or the encoder's output (it tells them apart by shape).
+        inputs = np.ascontiguousarray(inputs if encoder_states is None else encoder_states)
         kwargs: dict[str, Any]
         if temperature > 0:
             ctranslate2.set_random_seed(seed)

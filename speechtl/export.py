@@ -71,6 +71,7 @@ def export(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise SpeechtlError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    _check_out(out, model, adapter)
     meta = None
     if adapter is not None:
         from .adapters.io import read_adapter_meta
@@ -132,6 +133,18 @@ def export(
         if not publish_dir(tmp, out, overwrite=overwrite):
             raise SpeechtlError(f"{out} was created by another process during the export; pass overwrite=True")
     return out
+
+
+def _check_out(out: Path, model: str | os.PathLike | None, adapter: str | os.PathLike | None) -> None:
+    """Refuse an output that is, holds or sits inside the model or adapter folder being read."""
+    target = out.resolve()
+    for what, src in (("model", model), ("adapter", adapter)):
+        if src is None or not Path(src).exists():
+            continue
+        src = Path(src).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise SpeechtlError(f"--out {out} overlaps the {what} folder {src}; the {what} is only read: write the "
+                                "export to a folder of its own")
 
 
 def _check_exportable(meta: dict[str, Any], adapter: Path) -> None:

@@ -145,6 +145,10 @@ def exported(tmp: Path, damage: str) -> Path:
             f.write(bytes([b[0] ^ 0x40]))
     elif damage == "drop":
         (out / "tokenizer.json").unlink()
+    elif damage == "garbage, unchecked":  # a folder speechtl did not write: nothing to verify it against
+        for name in ("checksums.json", "speechtl_export.json"):
+            (out / name).unlink()
+        target.write_bytes(os.urandom(4096))
     return out
 
 
@@ -281,6 +285,11 @@ CASES: dict[str, Case] = {
                                                       ("exported", "sha256 of model.bin", "export it again")),
     "transcribe/ct2 export missing a file": Case("transcribe", _ct2(lambda t: exported(t, "drop")),
                                                  ("exported", "removed ['tokenizer.json']", "export it again")),
+    "transcribe/ct2 folder with a garbage model.bin": Case(
+        "transcribe", _ct2(lambda t: exported(t, "garbage, unchecked")),
+        ("exported", "CTranslate2 cannot load this model", "export it again")),
+    "transcribe/unknown engine": Case("transcribe", lambda t: ["--engine", "onnx", MODEL, str(wav(t / "a.wav"))],
+                                      ("--engine onnx", "torch, ct2")),
     "transcribe/ct2 on a folder that is not CTranslate2": Case(
         "transcribe", _ct2(lambda t: _folder(t / "notes")), ("notes", "not a CTranslate2 model folder")),
     "transcribe/ct2 on a transformers folder": Case(
