@@ -137,7 +137,10 @@ def decode_with_fallback(
     When every temperature fails, the likeliest result that was not a loop is kept (else the
     likeliest of all), as faster-whisper does.
     """
-    first = decode(list(range(n)), opts.temperatures[0])
+    if opts.temperatures[0] > 0:  # sampling from the start: one at a time, so the batch never matters
+        first = [decode([i], opts.temperatures[0])[0] for i in range(n)]
+    else:
+        first = decode(list(range(n)), opts.temperatures[0])
     best = list(first)
     for i, h in enumerate(first):
         if not needs_fallback(h, opts) or not opts.fallback:

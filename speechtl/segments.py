@@ -87,6 +87,11 @@ class Source:
     def name(self) -> str:
         return "<waveform>" if isinstance(self.item, np.ndarray) else str(self.item)
 
+    def read_pieces(self, pieces: tuple[tuple[int, int], ...]) -> np.ndarray:
+        """The samples of each ``(start, end)``, joined."""
+        parts = [self.read(a, b) for a, b in pieces]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def read(self, start: int = 0, end: int | None = None) -> np.ndarray:
         """Samples ``[start, end)`` (at ``sample_rate``) as float32."""
         if isinstance(self.item, np.ndarray):
@@ -144,26 +149,58 @@ def open_source(item: str | os.PathLike | np.ndarray, sample_rate: int, max_seco
     return src
 
 
-def plan_segments(src: Source, *, max_segment_seconds: float = MAX_SEGMENT_SECONDS,
-                  vad: VadOptions | None = None) -> list[tuple[int, int, bool]]:
-    """``[(start, end, speech), ...]`` in samples: one segment for a short clip, VAD segments for a long one.
+@dataclass(frozen=True)
+class Planned:
+    """One segment to decode: the speech regions ``pieces`` (samples) whose audio, joined, it is.
 
-    A short clip's ``speech`` says whether the detector found any speech in it (silence is then
-    decided with the model's no-speech probability); long-form segments hold speech by construction.
+    ``speech``: whether the detector found speech (a short clip without any is decided with the
+    model's no-speech probability; long-form segments hold speech by construction).
+    """
+
+    pieces: tuple[tuple[int, int], ...]
+    speech: bool = True
+
+    @property
+    def start(self) -> int:
+        return self.pieces[0][0]
+
+    @property
+    def end(self) -> int:
+        return self.pieces[-1][1]
+
+    @property
+    def samples(self) -> int:
+        return sum(b - a for a, b in self.pieces)
+
+
+def plan_segments(src: Source, *, max_segment_seconds: float = MAX_SEGMENT_SECONDS,
+                  vad: VadOptions | None = None) -> list[Planned]:
+    """One segment for a short clip; for a long recording, its speech regions in order, packed into
+    segments of at most ``max_segment_seconds`` of speech.
+
+    The silence between the regions of a segment is left out of its audio (as faster-whisper's
+    batched mode does), so each 30-s window the encoder runs is filled with speech; a segment's
+    times are those of its first and last region.
     """
     vad = vad or VadOptions(max_speech_s=max_segment_seconds)
     probs, total = speech_probabilities(src.blocks())
     spans = speech_spans(probs, total, vad)
     limit = int(max_segment_seconds * src.sample_rate)
     if total <= limit:
-        return [(0, total, bool(spans))]
-    segments: list[list[int]] = []
-    for start, end in spans:
-        if segments and end - segments[-1][0] <= limit:
-            segments[-1][1] = end
+        return [Planned(((0, total),), bool(spans))]
+    pieces = []
+    for start, end in spans:  # a region longer than a segment (VAD options allowing it) is split, not cut
+        pieces += [(a, min(a + limit, end)) for a in range(start, end, limit)]
+    segments: list[list[tuple[int, int]]] = []
+    for piece in pieces:
+        if segments and sum(b - a for a, b in segments[-1]) + piece[1] - piece[0] <= limit:
+            if segments[-1][-1][1] == piece[0]:  # touching regions: one piece
+                segments[-1][-1] = (segments[-1][-1][0], piece[1])
+            else:
+                segments[-1].append(piece)
         else:
-            segments.append([start, min(end, start + limit)])
-    return [(a, b, True) for a, b in segments]
+            segments.append([piece])
+    return [Planned(tuple(seg)) for seg in segments]
 
 
 def join_texts(segments: list[Segment]) -> str:

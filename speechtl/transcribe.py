@@ -26,7 +26,8 @@ from .backbones import create_backbone
 from .decoding import DecodeOptions, Hypothesis, decode_with_fallback
 from .engines import ENGINES, Ct2Whisper
 from .errors import SpeechtlError
-from .segments import LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Segment, Transcript, join_texts, open_source, plan_segments
+from .segments import (LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Planned, Segment, Transcript, join_texts, open_source,
+                       plan_segments)
 from .vad import VadOptions
 
 AudioInput = str | os.PathLike | np.ndarray
@@ -53,7 +54,7 @@ def transcribe(
     decode_options: DecodeOptions | None = None,
     vad: VadOptions | None = None,
     engine: str = "torch",
-    merge_adapter: bool = True,
+    merge_adapter: bool | None = None,
     device: str | torch.device | None = None,
     progress: bool | None = None,
 ) -> list[str] | tuple[list[str], list[Any]] | list[Transcript]:
@@ -68,8 +69,7 @@ def transcribe(
             holds segments of similar length (less padding), and results return in input order.
         beam_size: 1 for greedy decoding, more for beam search (Whisper).
         adapter: a saved adapter folder to apply to the model first. A LoRA/DoRA/IA3 adapter is
-            merged into the weights for speed when this call loaded the model itself (``model`` a
-            name or folder) and ``merge_adapter`` is on.
+            merged into the weights for speed (see ``merge_adapter``).
         adapters: ``{accent: saved adapter folder}`` loaded once onto the model as named adapters;
             each utterance runs with the one ``route`` picks (see :mod:`speechtl.routing`).
         accent_classifier: a saved ``--task accent-id`` folder (or a loaded classifier) for ``route="auto"``.
@@ -81,7 +81,7 @@ def transcribe(
             (weights rounded to 0.01) instead of picking one.
         speakers: one speaker label per input (None: decide that input alone); with ``"auto"`` a
             speaker's inputs share one route, chosen on the classifier's evidence pooled over them.
-            Without it, each segment of a long recording is routed on its own.
+            Without it each input is routed alone (a long recording on the evidence of all its segments).
         return_routes: return ``(texts, routes)``, with a :class:`speechtl.routing.Route` per input
             (a long recording's first segment's route).
         return_segments: return a :class:`~speechtl.segments.Transcript` per input (text, segments with
@@ -93,6 +93,9 @@ def transcribe(
             ``DecodeOptions.plain()`` decodes once at temperature 0.
         vad: voice-activity detection settings for cutting long recordings (:class:`~speechtl.vad.VadOptions`).
         engine: ``"torch"`` (default; adapters and routing) or ``"ct2"`` (CTranslate2 via faster-whisper).
+        merge_adapter: fold ``adapter`` into the weights (one set of weights, no adapter layers to run):
+            None (default) merges when this call loaded the model itself (``model`` a name or folder);
+            True merges into a given backbone too (it stays merged); False keeps the adapter switchable.
         device: where to run; the model's own device by default.
         progress: show a progress bar; by default when there is more than one batch.
     """
@@ -114,6 +117,9 @@ def transcribe(
         if len(speakers) != len(items):
             raise SpeechtlError(f"got {len(speakers)} speakers for {len(items)} inputs; give one per input")
     if engine == "ct2":
+        if not isinstance(model, str | os.PathLike | Ct2Whisper):
+            raise SpeechtlError(f"engine ct2 takes a CTranslate2 folder, a packaged name or a Ct2Whisper, not "
+                                f"{type(model).__name__}; use engine torch for a PyTorch model")
         if routing or adapter is not None:
             raise SpeechtlError("the ct2 engine runs exported models: export the adapted model first "
                                 "(speechtl-export --adapter DIR --format ct2), or use engine torch for adapters")
@@ -129,33 +135,38 @@ def transcribe(
     # Check every input and find its segments before any model compute: a bad file fails first, named.
     rate = runner.sample_rate
     sources = [open_source(a, rate, max_seconds) for a in items]
-    jobs: list[tuple[int, int, int, bool]] = []  # (input, start, end, speech) in samples
+    jobs: list[tuple[int, Planned]] = []  # (input, its segment)
     held: dict[int, np.ndarray] = {}
     for k, src in enumerate(sources):
         if src.duration <= MAX_SEGMENT_SECONDS:
             held[len(jobs)] = src.read()  # a clip is read once and kept; a long recording is read per batch
             src.item, src.duration = held[len(jobs)], len(held[len(jobs)]) / rate
-        jobs += [(k, a, b, speech) for a, b, speech in plan_segments(src, vad=vad)]
+        jobs += [(k, plan) for plan in plan_segments(src, vad=vad)]
 
     def wave(j: int) -> np.ndarray:
         if j in held:
             return held[j]
-        k, a, b, _ = jobs[j]
-        return sources[k].read(a, b)
+        k, plan = jobs[j]
+        return sources[k].read_pieces(plan.pieces)
 
     routes: list[Any] = []
     if router is not None:
         waves = [wave(j) for j in range(len(jobs))]
-        groups = [speakers[k] for k, *_ in jobs] if speakers is not None else None
+        per_input = [sum(1 for job in jobs if job[0] == k) for k in range(len(sources))]
+        groups = [speakers[k] if speakers is not None else (("input", k) if per_input[k] > 1 else None)
+                  for k, *_ in jobs]
         routes = router.choose(waves, route=route, min_prob=min_prob, soft=soft, batch_size=batch_size, groups=groups)
+        # Routing reads every segment first (the classifier pools over an input's segments); each is
+        # freed once decoded.
         held = dict(enumerate(waves))
+        del waves
     # Segments sharing a route run together, so each adapter setting is switched to once.
     by_route: dict[tuple, list[int]] = defaultdict(list)
     for j in range(len(jobs)):
         by_route[routes[j].key if routes else ()].append(j)
     plan = []
     for key, members in by_route.items():
-        order = sorted(members, key=lambda j: -(jobs[j][2] - jobs[j][1]))
+        order = sorted(members, key=lambda j: -jobs[j][1].samples)
         plan += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     show = progress if progress is not None else len(plan) > 1
     hyps: list[Hypothesis | None] = [None] * len(jobs)
@@ -169,15 +180,15 @@ def transcribe(
 
     transcripts = [Transcript("", [], src.duration) for src in sources]
     quiet = opts.no_speech_threshold
-    for j, (k, a, b, speech) in enumerate(jobs):
-        h = hyps[j]
+    for j, (k, plan) in enumerate(jobs):
+        h, a, b, speech = hyps[j], plan.start, plan.end, plan.speech
         if seq2seq and not speech and quiet is not None and h.no_speech_prob > quiet:
             h.text = ""  # the detector heard no speech and the model agrees: silence, whatever it decoded
         transcripts[k].segments.append(Segment(a / rate, b / rate, h.text, h.avg_logprob if seq2seq else None,
                                                h.no_speech_prob if seq2seq else None,
                                                h.compression_ratio if seq2seq else None,
                                                h.temperature if seq2seq else None, speech))
-        if routes and transcripts[k].route is None:
+        if routes and transcripts[k].route is None:  # a long input: the route of its segments (one per input)
             transcripts[k].route = routes[j]
     for t in transcripts:
         t.text = join_texts(t.segments)
@@ -190,7 +201,10 @@ def transcribe(
 
             # Without routing every utterance ran the same way: the base model or the one adapter.
             return texts, [Route(BASE if adapter is None else "adapter")] * len(texts)
-        return texts, [t.route for t in transcripts]
+        from .routing import BASE, Route
+
+        # An input without speech had nothing to route: it ran nowhere, as the base model would.
+        return texts, [t.route if t.route is not None else Route(BASE) for t in transcripts]
     return texts
 
 
@@ -215,7 +229,8 @@ def _torch_runner(model, adapter, adapters, accent_classifier, soft, route, merg
         from .adapters import load_adapter
 
         runner = load_adapter(backbone, adapter)
-        if own and merge_adapter and runner.method in MERGEABLE:
+        merge = own if merge_adapter is None else merge_adapter
+        if merge and runner.method in MERGEABLE:
             runner.merge_adapter()  # one set of weights: no adapter layers to run at every step
     else:
         runner = backbone
@@ -232,10 +247,13 @@ def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, seq2seq:
     if not seq2seq:
         return [Hypothesis(t) for t in runner.generate(inputs, lengths, beam_size=opts.beam_size)]
 
+    memory = runner.decoder_memory(inputs, lengths)  # encoded once; the fallback decodes from it again
+
     def decode(idx: Sequence[int], temperature: float) -> list[Hypothesis]:
         sel = list(idx)
         return runner.decode(inputs[sel], lengths[sel], temperature=temperature, beam_size=opts.beam_size,
-                             best_of=opts.best_of, max_new_tokens=opts.max_new_tokens, seed=opts.seed)
+                             best_of=opts.best_of, max_new_tokens=opts.max_new_tokens, seed=opts.seed,
+                             encoder_states=memory[sel])
 
     return decode_with_fallback(decode, len(waves), opts)
 

@@ -266,6 +266,12 @@ class AdaptedModel(nn.Module):
             raise SpeechtlError("this model has a new head; it has no scored seq2seq decoding (use generate)")
         return self.backbone.decode(inputs, lengths, **kwargs)
 
+    def decoder_memory(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The backbone's encoder states for :meth:`decode` (adapters in the encoder included)."""
+        if self.head is not None or not hasattr(self.backbone, "decoder_memory"):
+            raise SpeechtlError("this model has a new head; it has no scored seq2seq decoding (use generate)")
+        return self.backbone.decoder_memory(inputs, lengths)
+
     def classify(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Class logits ``(batch, len(labels))``."""
         if not isinstance(self.head, ClassifierHead):

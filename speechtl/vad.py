@@ -8,6 +8,7 @@ hysteresis of Silero's ``get_speech_timestamps`` (as faster-whisper runs it).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ class SileroVad:
 
             opts = onnxruntime.SessionOptions()
             opts.inter_op_num_threads = 1
-            opts.intra_op_num_threads = 1
+            opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
             opts.log_severity_level = 4
             SileroVad._session = onnxruntime.InferenceSession(str(model_path()), providers=["CPUExecutionProvider"],
                                                               sess_options=opts)

@@ -54,7 +54,7 @@ def test_streamed_probabilities_equal_faster_whispers_whole_array(spoken):
     from faster_whisper.vad import get_vad_model
 
     audio, _ = recording(spoken, [0.7, 1.9])
-    padded = np.pad(audio, (0, 512 - len(audio) % 512))
+    padded = np.pad(audio, (0, -len(audio) % 512))
     reference = get_vad_model()(padded.copy()).reshape(-1)
     blocks = [audio[i : i + 12_345] for i in range(0, len(audio), 12_345)]  # blocks that split windows
     probs, total = speech_probabilities(blocks)
@@ -82,12 +82,28 @@ def test_a_long_recording_is_cut_at_silences_into_segments_of_at_most_30_s(spoke
     path = tmp_path / "long.flac"
     sf.write(path, audio, RATE)
     segs = plan_segments(open_source(path, RATE, None))
-    assert len(segs) >= 3
-    for a, b, speech in segs:
-        assert speech and 0 < b - a <= 30 * RATE
-    assert all(b1 <= a2 for (_, b1, _), (a2, _, _) in zip(segs, segs[1:]))
-    for a, b in truth:  # no sentence is cut between two segments
-        assert sum(1 for s, e, _ in segs if s < b and a < e) == 1
+    assert len(segs) >= 2
+    for seg in segs:  # at most 30 s of speech each, the silence between its regions left out
+        assert seg.speech and 0 < seg.samples <= 30 * RATE and seg.samples < seg.end - seg.start
+    pieces = [p for seg in segs for p in seg.pieces]
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(pieces, pieces[1:]))
+    for a, b in truth:  # every sentence lies whole inside one piece
+        assert sum(1 for s, e in pieces if s <= a and b <= e) == 1, (a, b)
+    quiet = (truth[1][1] + RATE // 2, truth[2][0] - RATE // 2)  # inside the 4-s pause before sentence 3
+    assert quiet[1] - quiet[0] >= 2.9 * RATE
+    assert not any(s < quiet[1] and quiet[0] < e for s, e in pieces)
+
+
+def test_a_speech_region_longer_than_a_segment_is_split_not_cut(spoken, tmp_path):
+    audio, _ = recording(spoken, [0.05], repeat=4)  # about 45 s with no pause the detector would cut at
+    src = open_source(audio, RATE, None)
+    vad = VadOptions(max_speech_s=120, min_silence_ms=2000)
+    (region,) = speech_spans(*speech_probabilities([audio]), vad)
+    assert region[1] - region[0] > 35 * RATE
+    segs = plan_segments(src, vad=vad)
+    assert len(segs) >= 2 and all(seg.samples <= 30 * RATE for seg in segs)
+    assert segs[0].start == region[0] and segs[-1].end == region[1]
+    assert all(a.end == b.start for a, b in zip(segs, segs[1:]))  # nothing between them is dropped
 
 
 def test_reading_in_blocks_resamples_like_reading_whole(spoken, tmp_path):
@@ -107,12 +123,12 @@ def test_reading_in_blocks_resamples_like_reading_whole(spoken, tmp_path):
 
 def test_long_form_transcription_returns_ordered_segments_with_times(spoken, tmp_path):
     audio, _ = recording(spoken, [1.0, 2.0, 4.0, 1.5], repeat=4)
-    path = tmp_path / "long.flac"
-    sf.write(path, audio, RATE)
+    path = tmp_path / "long.wav"
+    sf.write(path, audio, RATE, subtype="FLOAT")  # the same samples as the waveform below
     (t,) = speechtl.transcribe("whisper-tiny-random", [path], return_segments=True, batch_size=2)
     assert t.duration == pytest.approx(len(audio) / RATE, abs=0.01)
     assert len(t.segments) >= 3
-    assert all(0 <= s.start < s.end <= t.duration and s.end - s.start <= 30 for s in t.segments)
+    assert all(0 <= s.start < s.end <= t.duration for s in t.segments)
     assert all(a.end <= b.start for a, b in zip(t.segments, t.segments[1:]))
     assert t.text == " ".join(s.text for s in t.segments if s.text)
     # The same recording given as a waveform is cut and decoded the same way.

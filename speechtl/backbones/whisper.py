@@ -212,6 +212,7 @@ class WhisperBackbone(nn.Module):
         max_new_tokens: int = 128,
         seed: int = 0,
         score: bool = True,
+        encoder_states: torch.Tensor | None = None,
     ) -> list[Hypothesis]:
         """One :class:`~speechtl.decoding.Hypothesis` per clip of log-mel ``(batch, n_mels, frames)``.
 
@@ -219,8 +220,10 @@ class WhisperBackbone(nn.Module):
         with ``seed``), the one with the highest mean log-probability kept. With ``score`` each
         hypothesis carries its mean token log-probability and the no-speech probability (one
         teacher-forced pass over the decoded tokens), which the temperature fallback reads.
+        ``encoder_states`` (from :meth:`decoder_memory`) skips the encoder: the fallback decodes a
+        clip again without encoding it again.
         """
-        states = self.encode(inputs, lengths).last_hidden_state
+        states = encoder_states if encoder_states is not None else self.decoder_memory(inputs, lengths)
         n = states.shape[0]
         kwargs: dict[str, Any] = {}
         if self.multilingual:
@@ -258,6 +261,11 @@ class WhisperBackbone(nn.Module):
         if not sample:
             return hyps
         return [max(hyps[i * best_of : (i + 1) * best_of], key=lambda h: h.avg_logprob) for i in range(n)]
+
+    @torch.no_grad()
+    def decoder_memory(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """What the decoder attends to: the encoder's last states ``(batch, frames // 2, d_model)``."""
+        return self.encode(inputs, lengths).last_hidden_state
 
     def _scores(self, states: torch.Tensor, prompt: list[int], seqs: list[list[int]], eot: int
                 ) -> tuple[list[float], list[float]]:
