@@ -182,7 +182,31 @@ def test_refusals(base_dir, lora, tmp_path):
         export(base_dir, tmp_path / "o5", quantization="int8")
     with pytest.raises(SpeechtlError, match="holds Whisper models"):
         export("wav2vec2-tiny-random", tmp_path / "o6", format="ct2")
+    before = {p.name: sha256_file(p) for p in base_dir.iterdir() if p.is_file()}
+    for out in (base_dir, base_dir / "inside", adapter.parent):
+        with pytest.raises(SpeechtlError, match="overlaps the (model|adapter) folder"):
+            export(base_dir, out, adapter=adapter if out == adapter.parent else None, overwrite=True)
+    assert {p.name: sha256_file(p) for p in base_dir.iterdir() if p.is_file()} == before
+    assert not (base_dir / "inside").exists() and (adapter / "adapter.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("o") or ".tmp" in p.name]
+
+
+def test_cli_adapter_is_merged_for_transcription(lora, tmp_path, waves, monkeypatch, capsys):
+    import soundfile as sf
+
+    from speechtl.transfer import AdaptedModel
+
+    model, adapter = lora
+    merged = []
+    real = AdaptedModel.merge_adapter
+    monkeypatch.setattr(AdaptedModel, "merge_adapter", lambda self: (merged.append(self.method), real(self))[1])
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, waves[1], 16000, subtype="FLOAT")
+    base = json.loads((adapter / "adapter.json").read_text())["base_model"]
+    assert transcribe_main([base, str(clip), "--adapter", str(adapter), "--no-fallback", "--no-progress"]) == 0
+    assert merged == ["lora"]
+    expected = speechtl.transcribe(model, waves[1], decode_options=DecodeOptions.plain())[0]
+    assert capsys.readouterr().out.split("\t")[1].rstrip("\n") == expected
 
 
 def test_a_wav2vec2_model_exports_to_transformers(tmp_path, waves):

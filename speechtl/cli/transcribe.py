@@ -83,8 +83,14 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..engines import ENGINES
     from ..transcribe import transcribe
 
+    if args.engine not in ENGINES:
+        raise SpeechtlError(f"--engine {args.engine}: choose one of {', '.join(ENGINES)}")
+    if args.engine == "ct2" and (args.adapter or args.adapters or args.accent_classifier):
+        raise SpeechtlError("the ct2 engine runs exported models: export the adapted model first "
+                            "(speechtl-export --adapter DIR --format ct2), or use --engine torch for adapters")
     opts = decode_options(args)
     routing = routing_kwargs(args)  # bad --adapters fail before the model loads
     routing.pop("return_routes", None)
