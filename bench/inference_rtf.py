@@ -134,7 +134,7 @@ def _runner(side: str, spec: dict[str, Any]):
         from speechtl.adapters import load_adapter
         from speechtl.backbones import create_backbone
 
-        # Loaded and merged once, as speechtl-transcribe --adapter does (transcribe() merges a model it loads).
+        # Loaded and merged once, as speechtl-transcribe --adapter does.
         model = create_backbone(MODEL)
         if spec["adapter"]:
             model = load_adapter(model, spec["adapter"])
@@ -240,7 +240,8 @@ def run_round_trip(spec: dict[str, Any]) -> dict[str, Any]:
     for name, fn in runs.items():
         t = time.perf_counter()
         hyps = fn()
-        out[name] = {"wer": round(wer(refs, hyps, "whisper"), 4), "seconds_with_load": round(time.perf_counter() - t, 1)}
+        out[name] = {"wer": round(wer(refs, hyps, "whisper"), 4),
+                     "seconds_with_load": round(time.perf_counter() - t, 1)}
     # Merged against unmerged LoRA on PyTorch, interleaved.
     from speechtl.adapters import load_adapter
     from speechtl.backbones import create_backbone
