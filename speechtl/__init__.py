@@ -22,6 +22,7 @@ _LAZY = {
     "train": ".train",
     "TrainConfig": ".train",
     "evaluate": ".evaluate",
+    "export": ".export",
     "Report": ".evaluate",
     "compare": ".evaluate",
     "read_manifest": ".data",
@@ -39,7 +40,7 @@ __all__ = ["AudioError", "ModelNotFoundError", "SpeechtlError", *_LAZY]
 # These names are both a submodule and its main function: the submodule itself is callable
 # (see speechtl/_callable.py), so `speechtl.transcribe(...)` and `import speechtl.transcribe as t`
 # both work whichever happens first.
-_CALLABLE_MODULES = {"transcribe", "train", "evaluate"}
+_CALLABLE_MODULES = {"transcribe", "train", "evaluate", "export"}
 
 
 def __getattr__(name: str) -> Any:

@@ -99,7 +99,7 @@ def test_pipeline_on_the_export_gives_speechtls_transcripts(lora, tmp_path, wave
     from transformers import pipeline
 
     model, adapter = lora
-    out = export(None, tmp_path / "hf", adapter=adapter)
+    out = speechtl.export(None, tmp_path / "hf", adapter=adapter)  # the module is callable as the function
     ours = speechtl.transcribe(model, waves, decode_options=PLAIN)
     pipe = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
     theirs = [o["text"].strip() for o in pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=2,
