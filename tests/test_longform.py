@@ -191,3 +191,15 @@ def test_whisper_tiny_en_says_nothing_on_silence_and_noise():
     quiet = [np.zeros(5 * RATE, np.float32), (0.003 * rng.standard_normal(5 * RATE)).astype(np.float32),
              np.zeros(70 * RATE, np.float32)]
     assert speechtl.transcribe("whisper-tiny.en", quiet, progress=False) == ["", "", ""]
+
+
+@pytest.mark.slow
+def test_whisper_tiny_en_fallback_samples_real_speech(spoken):
+    """Sampling from the first temperature on (every clip goes through the fallback's sampling path)."""
+    from speechtl.decoding import DecodeOptions
+
+    opts = DecodeOptions(temperatures=(0.4, 0.8), best_of=2)
+    out = speechtl.transcribe("whisper-tiny.en", spoken[:2], decode_options=opts, return_segments=True)
+    assert all(t.segments[0].temperature > 0 for t in out)
+    assert all("<|" not in t.text for t in out)
+    assert "fox" in out[0].text.lower() and "sells" in out[1].text.lower()

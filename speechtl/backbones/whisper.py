@@ -27,6 +27,7 @@ from transformers import (
     WhisperProcessor,
     WhisperTokenizerFast,
 )
+from transformers.generation.utils import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as hf_logging
 
@@ -231,21 +232,27 @@ class WhisperBackbone(nn.Module):
         sample = temperature > 0
         if sample:
             states = states.repeat_interleave(best_of, 0)
-            kwargs.update(do_sample=True, temperature=temperature, top_k=0, num_beams=1)
         else:
             kwargs.update(do_sample=False, num_beams=beam_size)
         prompt = self.prompt_ids()
+        # new tokens after the prompt; the prompt and they must fit the decoder's positions
+        new = min(max_new_tokens, self.model.config.max_target_positions - len(prompt))
         rng = torch.random.fork_rng(devices=[states.device] if states.device.type == "cuda" else [])
         with _quiet_transformers(), rng:
             if sample:
                 torch.manual_seed(seed)
-            ids = self.model.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=states),
-                # new tokens after the prompt; the prompt and they must fit the decoder's positions
-                max_new_tokens=min(max_new_tokens, self.model.config.max_target_positions - len(prompt)),
-                return_timestamps=False,
-                **kwargs,
-            )
+                # The plain generation loop with the prompt given: Whisper's own generate() treats a
+                # temperature as its long-form fallback, which breaks on encoder outputs when a sample
+                # ends early; timestamps are suppressed as the <|notimestamps|> prompt asks.
+                gen = self.model.generation_config
+                ids = GenerationMixin.generate(
+                    self.model, encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                    decoder_input_ids=torch.tensor([prompt] * states.shape[0], device=states.device),
+                    max_new_tokens=new, do_sample=True, temperature=temperature, top_k=0, num_beams=1,
+                    suppress_tokens=self._suppressed(), begin_suppress_tokens=gen.begin_suppress_tokens)
+            else:
+                ids = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                                          max_new_tokens=new, return_timestamps=False, **kwargs)
         if not torch.is_tensor(ids):  # some generate paths return a dict-like output
             ids = ids["sequences"]
         seqs = [_strip_prompt(row.tolist(), prompt) for row in ids]
@@ -282,8 +289,9 @@ class WhisperBackbone(nn.Module):
         # CTranslate2 score them (the thresholds are set on that scale).
         masked = logits.clone()
         gen = self.model.generation_config
-        if gen.suppress_tokens:
-            masked[:, :, list(gen.suppress_tokens)] = float("-inf")
+        suppressed = self._suppressed()
+        if suppressed:
+            masked[:, :, suppressed] = float("-inf")
         if gen.begin_suppress_tokens:
             masked[:, len(prompt) - 1, list(gen.begin_suppress_tokens)] = float("-inf")
         logp = masked.log_softmax(-1)
@@ -297,6 +305,15 @@ class WhisperBackbone(nn.Module):
         if no_speech_id is None:
             return avg, [0.0] * len(seqs)
         return avg, logits[:, 0].softmax(-1)[:, no_speech_id].tolist()
+
+    def _suppressed(self) -> list[int]:
+        """The generation config's suppressed tokens and every timestamp token (the prompt has <|notimestamps|>)."""
+        gen = self.model.generation_config
+        ids = list(gen.suppress_tokens or [])
+        no_ts = getattr(gen, "no_timestamps_token_id", None)
+        if no_ts is not None:
+            ids += list(range(no_ts + 1, self.model.config.vocab_size))
+        return ids
 
     def _no_speech_id(self) -> int | None:
         tok = self.tokenizer
