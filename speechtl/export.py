@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .adapters.lora import PEFT_METHODS
 from .checksums import sha256_file, verify_checksums, write_checksums
 from .errors import SpeechtlError
 
@@ -33,7 +34,6 @@ QUANTIZATIONS = ("int8", "int8_float32", "float16", "float32")
 DEFAULT_QUANTIZATION = "int8"
 EXPORT_INFO = "speechtl_export.json"
 EXPORT_FORMAT = "speechtl-export"
-MERGEABLE = ("lora", "dora", "ia3")
 
 
 def export(
@@ -98,7 +98,7 @@ def export(
         from .adapters.io import load_adapter
 
         adapted = load_adapter(backbone, adapter)  # refuses an adapter of other base weights, naming it
-        if adapted.method in MERGEABLE:
+        if adapted.method in PEFT_METHODS:  # peft's adapters merge into the weights
             adapted.merge_adapter()
     info: dict[str, Any] = {
         "format": EXPORT_FORMAT,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .adapters.lora import PEFT_METHODS
 from .backbones import create_backbone
 from .decoding import DecodeOptions, Hypothesis, decode_with_fallback
 from .engines import ENGINES, Ct2Whisper
@@ -31,7 +32,6 @@ from .segments import (LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Planned, Segment, T
 from .vad import VadOptions
 
 AudioInput = str | os.PathLike | np.ndarray
-MERGEABLE = ("lora", "dora", "ia3")
 
 
 def transcribe(
@@ -230,7 +230,7 @@ def _torch_runner(model, adapter, adapters, accent_classifier, soft, route, merg
 
         runner = load_adapter(backbone, adapter)
         merge = own if merge_adapter is None else merge_adapter
-        if merge and runner.method in MERGEABLE:
+        if merge and runner.method in PEFT_METHODS:  # peft's adapters merge into the weights
             runner.merge_adapter()  # one set of weights: no adapter layers to run at every step
     else:
         runner = backbone
