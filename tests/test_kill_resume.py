@@ -163,6 +163,78 @@ def test_disk_full_while_saving_keeps_the_old_checkpoint_and_names_the_file(tmp_
     assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before  # nothing half-written, nothing lost
 
 
+def _truncate(last: Path) -> None:
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+
+
+def _flip_a_bit(last: Path) -> None:
+    data = last.read_bytes()
+    i = data.index(b"archive/data/") + 200
+    last.write_bytes(data[:i] + bytes([data[i] ^ 1]) + data[i + 1:])
+
+
+def _text_file(last: Path) -> None:
+    last.write_text("step,loss\n1,0.5\n")
+    (last.parent / "checksums.json").unlink()  # as if copied in from elsewhere: nothing to check it against
+
+
+def _foreign_torch_file(last: Path) -> None:
+    torch.save(toy().state_dict(), last)  # a model's weights, not a training checkpoint
+    (last.parent / "checksums.json").unlink()
+
+
+def _versioned_foreign_dict(last: Path) -> None:
+    torch.save({"version": 1, "state_dict": toy().state_dict()}, last)
+    (last.parent / "checksums.json").unlink()
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (_truncate, r"last.pt does not match its sha256 in checksums.json \(torn write or corruption\); last.prev.pt is "
+                r"missing\); start the run again without resume"),
+    (_flip_a_bit, r"last.pt does not match its sha256 in checksums.json"),
+    (_text_file, r"last.pt cannot be read \("),
+    (_foreign_torch_file, r"last.pt is not a speechtl training checkpoint"),
+    (_versioned_foreign_dict, r"not a speechtl training checkpoint \(it has no step, epoch, .*trainable"),
+], ids=["truncated", "bit flip", "text file", "a model's weights", "foreign dict with a version"])
+def test_a_damaged_or_foreign_last_checkpoint_without_a_previous_one_is_one_error_naming_it(tmp_path, damage, says):
+    run(tmp_path, max_steps=2)
+    last = tmp_path / "checkpoints" / "last.pt"
+    (tmp_path / "checkpoints" / "last.prev.pt").unlink()
+    damage(last)
+    with pytest.raises(SpeechtlError, match=says) as caught:
+        run(tmp_path, resume=True)
+    message = str(caught.value)
+    assert str(last) in message and "\n" not in message
+
+
+def test_resuming_with_other_trainable_parameters_names_the_checkpoint(tmp_path):
+    run(tmp_path, max_steps=2)
+    model = toy()
+    model[0].requires_grad_(False)  # another transfer method: fewer parameters train
+    loader = DataLoader(list(range(len(X))), batch_sampler=EpochBatches(), collate_fn=lambda b: b)
+    with pytest.raises(SpeechtlError, match=r"checkpoints/last.pt: checkpoint does not match the model's trainable "
+                       r"parameters \(missing \[\], unexpected \['0.bias', '0.weight'\]\)"):
+        train(model, MSE(), loader, config=TrainConfig(max_steps=4, progress=False), out_dir=tmp_path, resume=True)
+
+
+def test_checkpoint_state_round_trips_and_older_files_without_the_later_keys_load(tmp_path):
+    from speechtl.checkpoint import CHECKPOINT_VERSION, CheckpointState, Progress, load_checkpoint, save_checkpoint
+
+    state = CheckpointState(Progress(step=7, epoch=2, batch_in_epoch=1, best_metric=0.25, best_step=6, bad_evals=1,
+                                     best_loss=0.5), {"w": torch.arange(3.0)}, {"state": {}, "param_groups": []},
+                            {"last_epoch": 7}, {"scale": 1.0}, [{"python": None}], 1, {"lr": 0.01})
+    path = save_checkpoint(tmp_path, "last", state)
+    loaded = load_checkpoint(path)
+    assert loaded.source == path and loaded.progress == state.progress and loaded.config == {"lr": 0.01}
+    assert torch.equal(loaded.trainable["w"], state.trainable["w"]) and loaded.rng == state.rng
+
+    record = torch.load(path, weights_only=True)
+    assert record["version"] == CHECKPOINT_VERSION and record["step"] == 7 and record["batch_in_epoch"] == 1
+    del record["best_loss"], record["config"]
+    old = CheckpointState.from_dict(record, path)
+    assert old.progress.best_loss is None and old.progress.step == 7 and old.config == {}
+
+
 # --------------------------------------------------------------------------------------------
 # SIGKILL at random steps, resume, compare with an uninterrupted run
 
@@ -272,3 +344,19 @@ def test_sigkill_at_random_steps_then_resume_gives_the_uninterrupted_weights(tmp
              if '"loss"' in line]
     assert steps == list(range(1, MAX_STEPS + 1))
     assert not [p.name for p in (out / "checkpoints").iterdir() if ".tmp" in p.name]
+
+
+def test_speechtl_adapt_resume_from_a_foreign_checkpoint_is_one_error_line(tmp_path, capsys):
+    from speechtl.cli.adapt import main
+
+    manifest = _manifest(tmp_path)
+    argv = [*KEYS[:4], "max_steps=1", *KEYS[5:], "--train", str(manifest), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    last = tmp_path / "out" / "checkpoints" / "last.pt"
+    (last.parent / "last.prev.pt").unlink(missing_ok=True)
+    last.write_bytes(b"PK\x03\x04 not really a zip")
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(last) in errors[0] and "Traceback" not in err, err

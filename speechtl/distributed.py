@@ -1,0 +1,85 @@
+"""Where the training loop runs: torchrun's process group, each rank's device, precision, agreement across ranks.
+
+Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set) each process joins the group,
+gloo on CPU and nccl on CUDA; a plain run is one process, rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import SpeechtlError
+
+
+@dataclass
+class DistInfo:
+    """This process: its rank among ``world_size``, its device, and whether it set up the process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this run initialised the process group and tears it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+        owns = True
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if dev.index is None:  # plain "cuda": this process's local GPU
+            dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    return DistInfo(rank, world, dev, owns)
+
+
+def autocast_context(
+    device: torch.device, precision: str
+) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
+    """A factory of autocast contexts for ``precision`` and whether fp16 loss scaling is needed."""
+    if precision == "auto":
+        if device.type != "cuda":
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return contextlib.nullcontext, False
+    if precision == "fp16" and device.type != "cuda":
+        raise SpeechtlError("precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), precision == "fp16"
+
+
+def all_agree(flag: bool, info: DistInfo) -> bool:
+    """True only if ``flag`` holds on every rank (so all ranks skip or step together)."""
+    if info.world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def mean_over_ranks(value: float, info: DistInfo) -> float:
+    """The mean of ``value`` over all ranks."""
+    if info.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size
