@@ -188,3 +188,24 @@ def finish(result: dict[str, Any], path: Path, summary: str) -> None:
 
 def command_line() -> str:
     return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+
+
+def recipe_run(model: str, train: list[dict[str, Any]], keys: list[str], work: str | Path, *, method: str = "lora",
+               dev: list[dict[str, Any]] | None = None):
+    """The ``speechtl-adapt`` recipe's run (model, task, loader, dev function) on benchmark clip records.
+
+    ``keys`` are ``key=value`` config overrides as on the command line; the records go through a
+    manifest in ``work``, so batching, padding and augmentation are the command's own.
+    """
+    from speechtl import recipes
+    from speechtl.config import load_config
+    from speechtl.data.manifest import Utterance, write_manifest
+
+    def manifest(records: list[dict[str, Any]], name: str) -> str:
+        path = Path(work) / name
+        write_manifest([Utterance(id=r["id"], audio=r["audio"], text=r["text"], speaker=r.get("speaker", "-"),
+                                  accent=r.get("accent", "-"), duration=r["duration"]) for r in records], path)
+        return str(path)
+
+    inputs = recipes.RunInputs(model, manifest(train, "train.jsonl"), manifest(dev, "dev.jsonl") if dev else None)
+    return recipes.build(inputs, load_config(None, keys, method=method))

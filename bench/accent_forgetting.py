@@ -53,17 +53,19 @@ CLASSIFIER_DEV_SPEAKERS = 5  # of the ASR train speakers: the classifier's check
 LORA_KEYS = ["lr=3e-4", "warmup_steps=10", "batch_seconds=40", "seed=0"]
 
 
-def _adapt(argv: list[str], out: Path) -> float:
-    """Run speechtl-adapt unless ``out`` holds a finished run; returns the wall time (0 when reused)."""
-    from speechtl.cli.adapt import main
+def _adapt(out: Path, train: Path, keys: list[str], *, model: str, task: str = "auto", method: str | None = None,
+           target_accent: str | None = None) -> float:
+    """A speechtl-adapt run through its recipe unless ``out`` holds a finished one; the wall time (0 when reused)."""
+    from speechtl import recipes
+    from speechtl.config import load_config
 
     if (out / "result.json").is_file():
         print(f"reusing {out}", flush=True)
         return json.loads((out / "result.json").read_text()).get("wall_seconds", 0.0)
     t = time.perf_counter()
-    rc = main([*argv, "--out", str(out), "--overwrite"])
-    if rc:
-        sys.exit(f"speechtl-adapt failed ({rc}): {' '.join(argv)}")
+    cfg = load_config(None, keys, **({"method": method} if method else {}))
+    recipes.run(recipes.RunInputs(model, str(train), target_accent=target_accent), cfg, out, task=task,
+                overwrite=True)
     wall = time.perf_counter() - t
     result = json.loads((out / "result.json").read_text())
     result["wall_seconds"] = wall
@@ -158,12 +160,12 @@ def main() -> int:
                 + relabel(heldout_native, "native", "test"))
 
     # -- training ---------------------------------------------------------------------------------
-    base = ["--model", args.model, "--train", str(work / "so762.jsonl"), "--method", "lora",
-            "--target-accent", TARGET, *LORA_KEYS, f"max_steps={args.steps}", f"eval_every={args.steps // 3}"]
+    lora_keys = [*LORA_KEYS, f"max_steps={args.steps}", f"eval_every={args.steps // 3}"]
+    lora = dict(model=args.model, method="lora", target_accent=TARGET)
+    clf = dict(model=args.model, task="accent-id")
+    clf_keys = [f"epochs={args.classifier_epochs}", "lr=1e-3", "batch_seconds=60"]
     # The classifier first: its held-out accuracy is known a few minutes in.
-    wall = {"accent-id": _adapt(["--model", args.model, "--task", "accent-id", "--train", str(work / "accent_id.jsonl"),
-                                 f"epochs={args.classifier_epochs}", "lr=1e-3", "batch_seconds=60", "seed=0"],
-                                work / "accent-id")}
+    wall = {"accent-id": _adapt(work / "accent-id", work / "accent_id.jsonl", [*clf_keys, "seed=0"], **clf)}
     classifier = work / "accent-id" / "adapter"
     acc = evaluate_accent_id(classifier, clf_test)
     print(acc.format_table(), flush=True)
@@ -171,15 +173,15 @@ def main() -> int:
     # unnormalised states) on the same data; only seed 0 with the default head routes below.
     variants = {"default head, seed 0": acc}
     for name, keys, slug in _classifier_variants(args.classifier_seeds):
-        wall[f"accent-id {slug}"] = _adapt(["--model", args.model, "--task", "accent-id", "--train",
-                                            str(work / "accent_id.jsonl"), f"epochs={args.classifier_epochs}",
-                                            "lr=1e-3", "batch_seconds=60", *keys], work / f"accent-id-{slug}")
+        wall[f"accent-id {slug}"] = _adapt(work / f"accent-id-{slug}", work / "accent_id.jsonl", [*clf_keys, *keys],
+                                           **clf)
         variants[name] = evaluate_accent_id(work / f"accent-id-{slug}" / "adapter", clf_test)
         print(name, variants[name].format_table(), flush=True)
-    wall["lora"] = _adapt(base, work / "lora")
-    wall["lora+replay"] = _adapt([*base, f"replay_manifest={replay_manifest}",
+    wall["lora"] = _adapt(work / "lora", work / "so762.jsonl", lora_keys, **lora)
+    wall["lora+replay"] = _adapt(work / "lora-replay", work / "so762.jsonl",
+                                 [*lora_keys, f"replay_manifest={replay_manifest}",
                                   f"replay_fraction={args.replay_fraction}", f"distill_weight={args.distill_weight}"],
-                                 work / "lora-replay")
+                                 **lora)
 
     # -- evaluation -------------------------------------------------------------------------------
     test_utts = so_by["dev"] + native

@@ -7,11 +7,12 @@ Run by hand (a few minutes on 2 cores; ``--wer`` adds about ten):
 
 Both sides adapt whisper-tiny.en (the very same converted folder) on the same speechocean762 train
 clips (synthetic fallback when absent) with the same LoRA (r=8, alpha=16, q_proj+v_proj, dropout 0),
-AdamW lr 3e-4, linear decay, no warm-up, no weight decay, grad-norm clip 1.0, fp32 on CPU, and the
-same number of clips per batch and steps:
+AdamW lr 3e-4, linear decay, no warm-up, no weight decay, grad-norm clip 1.0, fp32 on CPU, the same
+steps and, on average, the same audio per batch:
 
-- speechtl: ``create_backbone(short_clips=True)`` + ``speechtl.adapt`` + ``speechtl.train.train``
-  (log-mel computed per batch, padded to the batch's longest clip, padding masked);
+- speechtl: the speechtl-adapt recipe (``speechtl.recipes``) + ``speechtl.train.train``: batches of
+  ``batch_seconds`` audio (--batch clips' mean), clips of similar length together, log-mel computed
+  per batch, padded to the batch's longest clip, padding masked;
 - HF: the fine-tune-whisper blog / PEFT guide recipe: ``WhisperProcessor`` features padded to 30 s
   in ``Dataset.map``, ``peft.get_peft_model(LoraConfig)``, ``Seq2SeqTrainer`` +
   ``Seq2SeqTrainingArguments`` (no eval, no saving, ``max_steps``) and the blog's
@@ -36,18 +37,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, benchmark_corpus, child_main, command_line, finish, load_average,  # noqa: E402
-                     machine_facts, peak_rss_mb, rss_mb, run_child, utterance_records)
+                     machine_facts, peak_rss_mb, recipe_run, rss_mb, run_child, utterance_records)
 
 MODEL = "whisper-tiny.en"
 LORA = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "dropout": 0.0}
 LR = 3e-4
-
-
-def _utterances(records: list[dict[str, Any]]):
-    from speechtl.data.manifest import Utterance
-
-    return [Utterance(id=r["id"], audio=r["audio"], text=r["text"], speaker="-", accent="-", duration=r["duration"])
-            for r in records]
 
 
 def _rates(wall: float, cpu: float, steps: int, audio: float) -> dict[str, float]:
@@ -68,9 +62,11 @@ class _Clocked:
         self.task = task
         self.collate = task.collate
         self.marks: list[tuple[float, float]] = []
+        self.batches: list[list[str]] = []  # each step's utterance ids
 
     def loss(self, model: Any, batch: Any) -> Any:
         self.marks.append((time.perf_counter(), time.process_time()))
+        self.batches.append(list(batch["ids"]))
         return self.task.loss(model, batch)
 
 
@@ -79,52 +75,41 @@ class _Clocked:
 
 def run_speechtl(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from torch.utils.data import DataLoader
 
-    from speechtl.backbones import create_backbone
-    from speechtl.config import TrainConfig
-    from speechtl.data.loader import AudioDataset
-    from speechtl.tasks import asr_dev_fn, task_for
-    from speechtl.train import seed_everything, train
-    from speechtl.transfer import adapt
+    from speechtl.train import train
 
-    seed_everything(0)
-    backbone = create_backbone(MODEL, short_clips=True)
-    model = adapt(backbone, "lora", lora_r=LORA["r"], lora_alpha=LORA["alpha"],
-                  target_modules=LORA["target_modules"], lora_dropout=LORA["dropout"])
-    task = task_for(model)
-    rss_loaded = rss_mb()
-    train_utts = _utterances(spec["train"])
-    # Fixed clips per batch in the given order (no bucketing), so both sides see the same batches.
-    loader = DataLoader(AudioDataset(train_utts, backbone.sample_rate), batch_size=spec["batch"], shuffle=False,
-                        collate_fn=task.collate)
-    warmup, steps, b = spec["warmup"], spec["steps"], spec["batch"]
+    warmup, steps = spec["warmup"], spec["steps"]
     # One untimed step more: the window runs from the start of step warmup+1 to the start of the step after the
     # last timed one, so it holds exactly `steps` whole steps (data loading and collation included).
     total = warmup + steps + 1
-    clocked = _Clocked(task)
-    cfg = TrainConfig(lr=LR, weight_decay=0.0, max_steps=total, warmup_steps=0, schedule="linear", log_every=1,
-                      precision="fp32", device="cpu", progress=False, load_best_at_end=False, seed=0)
+    keys = [f"lora_r={LORA['r']}", f"lora_alpha={LORA['alpha']}", f"target_modules={','.join(LORA['target_modules'])}",
+            f"lora_dropout={LORA['dropout']}", f"lr={LR}", "weight_decay=0", f"max_steps={total}", "warmup_steps=0",
+            "schedule=linear", "log_every=1", "precision=fp32", "device=cpu", "progress=false",
+            "load_best_at_end=false", "seed=0", f"batch_seconds={spec['batch_seconds']}"]
     with tempfile.TemporaryDirectory(prefix="bench-speechtl-") as tmp:
+        run = recipe_run(MODEL, spec["train"], keys, tmp, dev=spec.get("dev"))
+        model, task = run.model, run.task
+        rss_loaded = rss_mb()
+        clocked = _Clocked(task)
         t0 = time.perf_counter()
-        result = train(model, clocked, loader, config=cfg, out_dir=tmp)
+        result = train(model, clocked, run.loader, config=run.train_config, out_dir=Path(tmp) / "run")
         wall = time.perf_counter() - t0
-        log = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        log = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     (w0, c0), (w1, c1) = clocked.marks[warmup], clocked.marks[warmup + steps]
-    durations = [r["duration"] for r in spec["train"]]
-    timed_audio = sum(durations[warmup * b: (warmup + steps) * b])
+    duration = {r["id"]: r["duration"] for r in spec["train"]}
+    timed = clocked.batches[warmup: warmup + steps]
+    timed_audio = sum(duration[i] for ids in timed for i in ids)
     out: dict[str, Any] = {"side": spec["side"], "steps_run": result.steps,
                            **_rates(w1 - w0, c1 - c0, steps, timed_audio), "train_call_seconds": round(wall, 2),
+                           "clips_per_batch": round(sum(map(len, timed)) / steps, 2),
                            "final_loss": round(losses[-1], 4), "trainable_parameters": model.num_trainable(),
                            "rss_after_model_load_mb": rss_loaded, "peak_rss_train_mb": peak_rss_mb()}
-    if spec.get("dev"):
-        dev_loader = DataLoader(AudioDataset(_utterances(spec["dev"]), backbone.sample_rate),
-                                batch_size=spec["batch"], collate_fn=task.collate)
+    if run.dev_fn is not None:
         model.eval()
         t0 = time.perf_counter()
         with torch.no_grad():
-            res = asr_dev_fn(task, dev_loader, normalizer="whisper")(model)
+            res = run.dev_fn(model)
         out["dev_wer"] = round(res["wer"], 4)
         out["dev_decode_seconds"] = round(time.perf_counter() - t0, 1)
     return out
@@ -269,7 +254,6 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     """
     import statistics
 
-    import torch
     import torch.nn.functional as F
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -351,51 +335,40 @@ def main() -> int:
                    "train_clips_used": min(need, len(train)),
                    "mean_clip_seconds": round(sum(r["duration"] for r in train[:need]) / min(need, len(train)), 2)},
     }
-    base = {"train": train, "batch": args.batch, "warmup": args.warmup, "steps": args.steps, "threads": args.threads}
-    # speechtl's own sampler groups clips of similar length; here: the same clips sorted by duration, cut into
-    # batches of --batch and the batches shuffled (the HF side pads to 30 s, so grouping would not change its cost).
-    used = sorted(train[:need], key=lambda r: r["duration"])
-    batches = [used[i: i + args.batch] for i in range(0, len(used), args.batch)]
-    random.Random(args.seed).shuffle(batches)
-    bucketed = [r for b in batches for r in b] + train[need:]
+    # speechtl's batches hold as much audio as an HF batch of --batch clips does on average (the recipe's
+    # sampler groups clips of similar length; HF pads every clip to 30 s, so grouping would not change its cost).
+    batch_seconds = round(args.batch * result["config"]["mean_clip_seconds"], 1)
+    result["config"]["speechtl_batch_seconds"] = batch_seconds
+    base = {"train": train, "batch": args.batch, "batch_seconds": batch_seconds, "warmup": args.warmup,
+            "steps": args.steps, "threads": args.threads}
     sides: dict[str, dict[str, Any]] = {}
-    for side, records in (("speechtl", train), ("hf", train), ("speechtl_bucketed", bucketed)):
-        sides[side] = run_child(__file__, {**base, "train": records, "side": side}, threads=args.threads)
+    for side in ("speechtl", "hf"):
+        sides[side] = run_child(__file__, {**base, "side": side}, threads=args.threads)
         sides[side]["load_average_after"] = load_average()
     result.update(sides)
-    s, h, sb = sides["speechtl"], sides["hf"], sides["speechtl_bucketed"]
-    ratios: dict[str, Any] = {}
-    for name, side in (("speechtl", s), ("speechtl_bucketed", sb)):
-        ratios[f"throughput_{name}_over_hf"] = round(side["audio_seconds_per_second"] / h["audio_seconds_per_second"], 2)
-        ratios[f"throughput_per_cpu_second_{name}_over_hf"] = round(
-            side["audio_seconds_per_cpu_second"] / h["audio_seconds_per_cpu_second"], 2)
-        ratios[f"throughput_{name}_over_hf_incl_feature_map"] = round(
-            side["audio_seconds_per_second"] / h["audio_seconds_per_second_incl_feature_map"], 2)
-        ratios[f"peak_rss_{name}_over_hf"] = round(side["peak_rss_mb"] / h["peak_rss_mb"], 2)
+    s, h = sides["speechtl"], sides["hf"]
+    ratios: dict[str, Any] = {
+        "throughput_speechtl_over_hf": round(s["audio_seconds_per_second"] / h["audio_seconds_per_second"], 2),
+        "throughput_per_cpu_second_speechtl_over_hf": round(
+            s["audio_seconds_per_cpu_second"] / h["audio_seconds_per_cpu_second"], 2),
+        "throughput_speechtl_over_hf_incl_feature_map": round(
+            s["audio_seconds_per_second"] / h["audio_seconds_per_second_incl_feature_map"], 2),
+        "peak_rss_speechtl_over_hf": round(s["peak_rss_mb"] / h["peak_rss_mb"], 2),
+    }
     ratio, cpu_ratio = ratios["throughput_speechtl_over_hf"], ratios["throughput_per_cpu_second_speechtl_over_hf"]
-    bratio = ratios["throughput_speechtl_bucketed_over_hf"]
-    bcpu = ratios["throughput_per_cpu_second_speechtl_bucketed_over_hf"]
-    ratios.update({"target": "speechtl throughput >= 4x HF",
-                   "target_met_identical_batches": min(ratio, cpu_ratio) >= 4.0,
-                   "target_met_length_grouped_batches": min(bratio, bcpu) >= 4.0})
     result["ratios"] = ratios
     result["notes"] = [
-        "HF pads every clip to 30 s (3000 mel frames) as the recipe does; speechtl pads each batch to its longest "
-        "clip and masks the padding. With the identical (random) batches the longest clip of 8 is far above the mean "
-        "clip, so the encoder still sees much padding; speechtl_bucketed groups the same clips by length, as "
-        "speechtl's DurationBatchSampler does.",
-        "Where the time goes (profile_cpu_seconds, with --profile): the part that does not shrink with shorter "
-        "inputs - the decoder with its 51,865-word output projection and loss, and the backward pass through it - "
-        "is a large share of a whisper-tiny step, so cutting encoder frames by 3-6x gives about 2-4x per step.",
+        "Throughput is audio per second, not quality per second: short-clip batches are cheaper per step but "
+        "may learn less per step; bench/adapt_quality.py compares WER reached per wall-clock minute.",
+        "HF pads every clip to 30 s (3000 mel frames) as the recipe does; speechtl's recipe pads each batch to its "
+        "longest clip and masks the padding, with clips of similar length batched together.",
         "HF's timed steps exclude feature extraction (done beforehand in Dataset.map, timed as feature_map_seconds); "
         "speechtl computes features inside each timed step.",
         "HF's timed audio is estimated from the mean clip duration (the Trainer shuffles); speechtl's is exact.",
     ]
     summary = (f"HF Seq2SeqTrainer {h['audio_seconds_per_second']} audio-s/s ({h['seconds_per_step']} s/step, "
-               f"{h['peak_rss_mb']:.0f} MB); speechtl same batches {s['audio_seconds_per_second']} audio-s/s "
-               f"({s['seconds_per_step']} s/step, {s['peak_rss_mb']:.0f} MB): {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU; "
-               f"speechtl length-grouped {sb['audio_seconds_per_second']} audio-s/s: {bratio:.2f}x wall, "
-               f"{bcpu:.2f}x CPU")
+               f"{h['peak_rss_mb']:.0f} MB); speechtl recipe {s['audio_seconds_per_second']} audio-s/s "
+               f"({s['seconds_per_step']} s/step, {s['peak_rss_mb']:.0f} MB): {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU")
     if args.profile:
         result["profile_cpu_seconds"] = run_child(__file__, {**base, "side": "profile", "repeats": 3},
                                                   threads=args.threads)

@@ -7,12 +7,12 @@ Run by hand on a machine with a CUDA GPU:
 
 Without CUDA it stops at once with a message. A CPU smoke test of the whole script:
 
-    .venv/bin/python bench/gpu.py --device cpu --model whisper-tiny.en --precision fp32 --batch 2 --steps 2 \
-        --warmup 1 --rtf-clips 4 --out /tmp/gpu_smoke.json
+    .venv/bin/python bench/gpu.py --device cpu --model whisper-tiny.en --precision fp32 --batch 2 --batch-seconds 8 \
+        --steps 2 --warmup 1 --rtf-clips 4 --out /tmp/gpu_smoke.json
 
-Training: ``create_backbone(short_clips=True)`` + ``speechtl.adapt`` LoRA (r=8, alpha=16,
-q_proj+v_proj, lr 3e-4) + ``speechtl.train.train`` with ``precision`` (bf16 autocast), fixed clips
-per batch of speechocean762 train (synthetic fallback when absent); audio-seconds per second over
+Training: the speechtl-adapt recipe (``speechtl.recipes``) with LoRA (r=8, alpha=16, q_proj+v_proj,
+lr 3e-4) + ``speechtl.train.train`` with ``precision`` (bf16 autocast), batches of ``--batch-seconds``
+of speechocean762 train audio (synthetic fallback when absent); audio-seconds per second over
 the timed steps and ``torch.cuda.max_memory_allocated``. Inference: ``speechtl.transcribe`` (30-s
 padding and short clips) and the transformers pipeline on the same test clips, bf16 weights, greedy,
 RTF and WER. Writes bench/results/gpu.json.
@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, benchmark_corpus, command_line, finish, machine_facts, peak_rss_mb,  # noqa: E402
-                     real_test_set)
+                     real_test_set, recipe_run, utterance_records)
 from adapt_throughput import _Clocked, _rates  # noqa: E402
 
 
@@ -43,34 +43,30 @@ def _sync(device) -> None:
 
 def train_throughput(args: argparse.Namespace, train_utts: list, device) -> dict[str, Any]:
     import torch
-    from torch.utils.data import DataLoader
 
-    from speechtl.backbones import create_backbone
-    from speechtl.config import TrainConfig
-    from speechtl.data.loader import AudioDataset
-    from speechtl.tasks import task_for
-    from speechtl.train import seed_everything, train
-    from speechtl.transfer import adapt
+    from speechtl.train import train
 
-    seed_everything(0)
-    backbone = create_backbone(args.model, short_clips=True)
-    model = adapt(backbone, "lora", lora_r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
-    task = task_for(model)
-    clocked = _Clocked(task)
     total = args.warmup + args.steps + 1
-    utts = train_utts[: total * args.batch]
-    loader = DataLoader(AudioDataset(utts, backbone.sample_rate), batch_size=args.batch, shuffle=False,
-                        collate_fn=task.collate, num_workers=2)
-    cfg = TrainConfig(lr=3e-4, max_steps=total, precision=args.precision, device=str(device), progress=False,
-                      load_best_at_end=False, seed=0, log_every=1)
+    keys = ["lora_r=8", "lora_alpha=16", "target_modules=q_proj,v_proj", "lr=3e-4", f"max_steps={total}",
+            f"precision={args.precision}", f"device={device}", "progress=false", "load_best_at_end=false", "seed=0",
+            "log_every=1", f"batch_seconds={args.batch_seconds}", "num_workers=2"]
+    records = utterance_records(train_utts)
+    work = tempfile.TemporaryDirectory(prefix="bench-gpu-")
+    run = recipe_run(args.model, records, keys, work.name)
+    model = run.model
+    clocked = _Clocked(run.task)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
-        train(model, clocked, loader, config=cfg, out_dir=tmp)
+        train(model, clocked, run.loader, config=run.train_config, out_dir=tmp)
+    work.cleanup()
     # The loop reads loss.item() every step, so the step clocks are synchronised with the device.
     (w0, c0), (w1, c1) = clocked.marks[args.warmup], clocked.marks[args.warmup + args.steps]
-    audio = sum(u.duration for u in utts[args.warmup * args.batch: (args.warmup + args.steps) * args.batch])
-    out = {"model": args.model, "precision": args.precision, "clips_per_batch": args.batch,
+    duration = {r["id"]: r["duration"] for r in records}
+    timed = clocked.batches[args.warmup: args.warmup + args.steps]
+    audio = sum(duration[i] for ids in timed for i in ids)
+    out = {"model": args.model, "precision": args.precision, "batch_seconds": args.batch_seconds,
+           "clips_per_batch": round(sum(map(len, timed)) / args.steps, 2),
            **_rates(w1 - w0, c1 - c0, args.steps, audio), "trainable_parameters": model.num_trainable()}
     if device.type == "cuda":
         out["max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -126,7 +122,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke test")
     ap.add_argument("--model", default="whisper-base")
     ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
-    ap.add_argument("--batch", type=int, default=16, help="clips per batch (training and inference)")
+    ap.add_argument("--batch", type=int, default=16, help="clips per inference batch")
+    ap.add_argument("--batch-seconds", type=float, default=120.0, help="audio per training batch (batch_seconds)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rtf-clips", type=int, default=96, help="test clips for the RTF (speechocean762 test + real)")
@@ -138,6 +135,7 @@ def main() -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu.py: CUDA is not available on this machine (torch.cuda.is_available() is False); run it on a "
               "GPU machine, or smoke-test it with --device cpu --model whisper-tiny.en --precision fp32 --batch 2 "
+              "--batch-seconds 8 "
               "--steps 2 --warmup 1 --rtf-clips 4 --out /tmp/gpu_smoke.json", file=sys.stderr)
         return 2
     device = torch.device(args.device)

@@ -272,16 +272,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _adapter(work: Path, train_manifest: Path) -> tuple[Path, float | None]:
-    from speechtl.cli.adapt import main as adapt_main
+    from speechtl import recipes
+    from speechtl.config import load_config
 
     out = work / "lora"
     if (out / "result.json").is_file() and (out / "adapter" / "adapter.json").is_file():
         return out / "adapter", None  # trained by an earlier run of this script
     t = time.perf_counter()
-    rc = adapt_main(["--model", MODEL, "--train", str(train_manifest), "--method", "lora", "--target-accent", TARGET,
-                     *LORA_KEYS, "--out", str(out), "--overwrite"])
-    if rc:
-        sys.exit(f"speechtl-adapt failed ({rc})")
+    recipes.run(recipes.RunInputs(MODEL, str(train_manifest), target_accent=TARGET),
+                load_config(None, LORA_KEYS, method="lora"), out, overwrite=True)
     return out / "adapter", time.perf_counter() - t
 
 

@@ -3,11 +3,11 @@
 
 Run by hand (a few minutes on 2 cores for whisper-tiny.en; add whisper-base for a bigger model):
 
-    .venv/bin/python bench/memory.py [--models whisper-tiny.en whisper-base] [--batch 8 --steps 3]
+    .venv/bin/python bench/memory.py [--models whisper-tiny.en whisper-base] [--batch-seconds 40 --steps 3]
 
-Each (model, method) runs in its own child process: ``create_backbone(short_clips=True)`` +
-``speechtl.adapt`` + ``speechtl.train.train`` for ``--steps`` AdamW steps on the same clips
-(speechocean762 train, synthetic fallback when absent), fp32 on CPU. Reported per method: peak RSS
+Each (model, method) runs in its own child process: the speechtl-adapt recipe (``speechtl.recipes``:
+batches of ``batch_seconds`` audio, short clips) + ``speechtl.train.train`` for ``--steps`` AdamW steps
+on the same clips (speechocean762 train, synthetic fallback when absent), fp32 on CPU. Reported per method: peak RSS
 (``getrusage`` of the child), RSS once the model is loaded and adapted, and what torch holds for
 training: parameter bytes, gradient bytes (one per trainable parameter) and AdamW state bytes
 (read from the checkpoint the loop writes). Ratios are to full fine-tuning.
@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, benchmark_corpus, child_main, command_line, finish, machine_facts, peak_rss_mb,  # noqa: E402
-                     rss_mb, run_child, utterance_records)
+                     recipe_run, rss_mb, run_child, utterance_records)
 
 METHODS = {
     "lora": {"lora_r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]},
@@ -50,33 +50,22 @@ def _tensor_bytes(obj: Any) -> int:
 
 def run_method(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from torch.utils.data import DataLoader
 
-    from speechtl.backbones import create_backbone
-    from speechtl.config import TrainConfig
-    from speechtl.data.loader import AudioDataset
-    from speechtl.data.manifest import Utterance
-    from speechtl.tasks import task_for
-    from speechtl.train import seed_everything, train
-    from speechtl.transfer import adapt
+    from speechtl.train import train
 
-    seed_everything(0)
+    keys = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in METHODS[spec["method"]].items()]
+    keys += [f"batch_seconds={spec['batch_seconds']}", "lr=1e-4", f"max_steps={spec['steps']}", "precision=fp32",
+             "device=cpu", "progress=false", "load_best_at_end=false", "seed=0"]
     rss_start = rss_mb()
-    backbone = create_backbone(spec["model"], short_clips=True)
-    model = adapt(backbone, spec["method"], **METHODS[spec["method"]])
-    task = task_for(model)
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:
+        run = recipe_run(spec["model"], spec["train"], keys, work, method=spec["method"])
+    model = run.model
     rss_loaded = rss_mb()
-    utts = [Utterance(id=r["id"], audio=r["audio"], text=r["text"], speaker="-", accent="-", duration=r["duration"])
-            for r in spec["train"]]
-    loader = DataLoader(AudioDataset(utts, backbone.sample_rate), batch_size=spec["batch"], shuffle=False,
-                        collate_fn=task.collate)
-    cfg = TrainConfig(lr=1e-4, max_steps=spec["steps"], precision="fp32", device="cpu", progress=False,
-                      load_best_at_end=False, seed=0)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         t0 = time.perf_counter()
-        train(model, task, loader, config=cfg, out_dir=tmp)
+        train(model, run.task, run.loader, config=run.train_config, out_dir=tmp)
         seconds = time.perf_counter() - t0
         ckpt = torch.load(Path(tmp) / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     param_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -100,7 +89,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["whisper-tiny.en"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--batch", type=int, default=8, help="clips per batch")
+    ap.add_argument("--batch-seconds", type=float, default=40.0, help="audio per batch (speechtl-adapt's batch_seconds)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -110,20 +99,27 @@ def main() -> int:
     splits, data = benchmark_corpus()
     train = utterance_records(splits["train"])
     random.Random(args.seed).shuffle(train)
-    train = train[: args.batch * args.steps]
+    # Enough clips for every step's batch of batch_seconds (the recipe's sampler draws them).
+    keep, total = [], 0.0
+    for r in train:
+        if total >= args.batch_seconds * (args.steps + 1):
+            break
+        keep.append(r)
+        total += r["duration"]
+    train = keep
     result: dict[str, Any] = {
         "command": command_line(), "machine": machine_facts(), "data": data,
-        "config": {"clips_per_batch": args.batch, "steps": args.steps, "optimizer": "AdamW", "precision": "fp32",
-                   "short_clips": True, "batch_audio_seconds": [
-                       round(sum(r["duration"] for r in train[i: i + args.batch]), 1)
-                       for i in range(0, len(train), args.batch)]},
+        "config": {"batch_seconds": args.batch_seconds, "steps": args.steps, "optimizer": "AdamW",
+                   "precision": "fp32", "path": "speechtl.recipes (speechtl-adapt's recipe)",
+                   "train_clips": len(train), "train_audio_seconds": round(total, 1)},
         "runs": {},
     }
     summary = []
     for model in args.models:
         runs = {}
         for method in args.methods:
-            runs[method] = run_child(__file__, {"model": model, "method": method, "train": train, "batch": args.batch,
+            runs[method] = run_child(__file__, {"model": model, "method": method, "train": train,
+                                                "batch_seconds": args.batch_seconds,
                                                 "steps": args.steps, "threads": args.threads}, threads=args.threads)
         if "finetune" in runs:
             full = runs["finetune"]

@@ -7,7 +7,7 @@ Run by hand (a few minutes on 2 cores with the defaults; the full sizes take abo
 
 For each size, nested prefixes of the shuffled speechocean762 train clips (synthetic fallback when
 absent) adapt a fresh whisper-tiny.en with LoRA (r=8, alpha=16, q_proj+v_proj, lr 3e-4) for one
-epoch through ``speechtl.train.train`` with the speechtl-adapt defaults (duration-capped batches
+epoch through the speechtl-adapt recipe (``speechtl.recipes``) and its defaults (duration-capped batches
 of ``batch_seconds`` audio, short clips, fp32 on CPU, no dev evaluation). One short untimed run
 warms up first. Fits seconds = a + b * hours and reports R^2 and the per-hour cost at the
 largest size over the smallest (1.0 = linear). Writes bench/results/scaling.json.
@@ -30,27 +30,24 @@ MODEL = "whisper-tiny.en"
 
 
 def adapt_once(utts: list, batch_seconds: float, *, max_steps: int | None = None) -> dict[str, Any]:
-    """One LoRA adaptation (a fresh model) for one epoch or ``max_steps``; wall and CPU seconds of train()."""
-    from torch.utils.data import DataLoader
+    """One LoRA adaptation (a fresh model, the speechtl-adapt recipe) for one epoch or ``max_steps``.
 
-    from speechtl.backbones import create_backbone
-    from speechtl.config import TrainConfig
-    from speechtl.data.loader import AudioDataset, DurationBatchSampler
-    from speechtl.tasks import task_for
-    from speechtl.train import seed_everything, train
-    from speechtl.transfer import adapt
+    Returns wall and CPU seconds of ``train()``.
+    """
+    from speechtl import recipes
+    from speechtl.config import load_config
+    from speechtl.data.manifest import write_manifest
+    from speechtl.train import train
 
-    seed_everything(0)
-    backbone = create_backbone(MODEL, short_clips=True)
-    model = adapt(backbone, "lora", lora_r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
-    task = task_for(model)
-    sampler = DurationBatchSampler([u.duration for u in utts], batch_seconds, shuffle=True, seed=0)
-    loader = DataLoader(AudioDataset(utts, backbone.sample_rate), batch_sampler=sampler, collate_fn=task.collate)
-    cfg = TrainConfig(lr=3e-4, epochs=1, max_steps=max_steps, precision="fp32", device="cpu", progress=False,
-                      seed=0)
+    keys = ["lora_r=8", "lora_alpha=16", "target_modules=q_proj,v_proj", "lr=3e-4", "epochs=1",
+            f"max_steps={'null' if max_steps is None else max_steps}", f"batch_seconds={batch_seconds}",
+            "precision=fp32", "device=cpu", "progress=false", "seed=0"]
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
+        write_manifest(utts, Path(tmp) / "train.jsonl")
+        run = recipes.build(recipes.RunInputs(MODEL, str(Path(tmp) / "train.jsonl")),
+                            load_config(None, keys, method="lora"))
         w0, c0, la0 = time.perf_counter(), time.process_time(), load_average()
-        res = train(model, task, loader, config=cfg, out_dir=tmp)
+        res = train(run.model, run.task, run.loader, config=run.train_config, out_dir=Path(tmp) / "run")
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     return {"steps": res.steps, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
             "load_average_before": la0, "load_average_after": load_average()}

@@ -9,7 +9,8 @@
 For each: the same architecture from random initialisation (``scratch``, every weight trains)
 versus the pretrained backbone with ``features`` (frozen, new head), ``lora`` and ``finetune``,
 at 5 %, 20 % and 100 % of the training labels (nested, stratified subsets). Every run goes through
-``speechtl.transfer.adapt`` and ``speechtl.train.train``; the test set is scored once at the end
+the classification recipe (``speechtl.recipes.classify``) and ``speechtl.train.train``; the test set
+is scored once at the end
 (accuracy and macro-F1), never used to choose anything. Hyper-parameters are fixed in advance
 (:data:`EXPERIMENTS`), not tuned.
 
@@ -40,19 +41,19 @@ import torch
 from torch.utils.data import DataLoader
 
 import speechtl
-from speechtl.config import TrainConfig
+from speechtl import recipes
+from speechtl.config import load_config
 from speechtl.data.classify import (
     ClassifyDataset,
-    ClassifyTask,
     classification_metrics,
     label_set,
     predict_all,
     read_classify_manifest,
     split_examples,
     stratified_subset,
+    write_classify_manifest,
 )
 from speechtl.train import train
-from speechtl.transfer import adapt
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("scratch", "features", "lora", "finetune")
@@ -111,17 +112,22 @@ def run_one(spec: dict[str, Any], mode: str, labels: list[str], train_set: list,
     t0 = time.time()
     backbone = speechtl.create_backbone(spec["backbone"], pretrained=mode != "scratch", seed=seed,
                                         **spec["backbone_kwargs"])
-    model = adapt(backbone, "finetune" if mode == "scratch" else mode, labels=labels)
-    task = ClassifyTask(model, labels)
+    method = "finetune" if mode == "scratch" else mode
     bs = spec["batch_size"]
-    loader = DataLoader(ClassifyDataset(train_set, kind, cache=True), batch_size=bs, shuffle=True,
-                        collate_fn=task.collate, generator=torch.Generator().manual_seed(seed))
     steps = max(spec["min_steps"], math.ceil(spec["epochs"] * len(train_set) / bs))
-    cfg = TrainConfig(lr=spec["lr"][mode], weight_decay=0.01, max_steps=steps, warmup_steps=max(1, steps // 10),
-                      schedule="cosine", precision="fp32" if device == "cpu" else "auto", device=device,
-                      progress=False, log_every=min(10, steps), metric="error", load_best_at_end=False, seed=seed)
+    keys = [f"lr={spec['lr'][mode]}", "weight_decay=0.01", f"max_steps={steps}", f"warmup_steps={max(1, steps // 10)}",
+            "schedule=cosine", f"precision={'fp32' if device == 'cpu' else 'auto'}", f"device={device}",
+            "progress=false", f"log_every={min(10, steps)}", "metric=error", "load_best_at_end=false", f"seed={seed}",
+            f"batch_size={bs}"]
+    manifest = work / f"{mode}-train.jsonl"
+    write_classify_manifest(train_set, manifest, kind)
+    run = recipes.build(recipes.RunInputs(spec["backbone"], str(manifest)), load_config(None, keys, method=method),
+                        task="classify", backbone=backbone)
+    model, task = run.model, run.task
+    if task.labels != list(labels):
+        raise SystemExit(f"{spec['backbone']}: the training subset lacks some of the classes {labels}")
     t1 = time.time()
-    train(model, task, loader, config=cfg, out_dir=work / f"{mode}")
+    train(model, task, run.loader, config=run.train_config, out_dir=work / f"{mode}")
     t2 = time.time()
     test_loader = DataLoader(ClassifyDataset(test_set, kind, cache=True), batch_size=64, collate_fn=task.collate)
     gold, pred = predict_all(task, model, test_loader)

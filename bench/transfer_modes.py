@@ -11,7 +11,8 @@ with 30-s padding (``dev_short_clips=false``), so the two LoRA runs are scored a
     python bench/transfer_modes.py [--steps 60] [--work /tmp/speechtl-modes] [--runs lora,lora-30s,...]
 
 Writes ``bench/results/transfer_modes.json`` and ``.md``. Seconds per step are the median over the
-logged 10-step windows that hold no dev evaluation. Runs are child processes, one after another.
+logged 10-step windows that hold no dev evaluation. Runs go through the speechtl-adapt recipe
+(``speechtl.recipes``), one after another.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,26 +51,32 @@ def _seconds_per_step(metrics: list[dict[str, Any]], eval_steps: set[int]) -> fl
 
 
 def _run(name: str, argv: list[str], manifest: Path, work: Path, steps: int) -> dict[str, Any]:
+    """One run of the speechtl-adapt recipe (``--method M`` and ``key=value`` items of ``argv``)."""
+    from speechtl import recipes
+    from speechtl.config import load_config
+    from speechtl.errors import SpeechtlError
+
     out = work / name
-    cmd = [sys.executable, "-m", "speechtl.cli.adapt", "--model", MODEL, "--train", str(manifest), "--out", str(out),
-           "--overwrite", *argv, *COMMON, f"max_steps={steps}", f"eval_every={steps}"]
-    print("$ " + " ".join(cmd[2:]), flush=True)
+    method = argv[argv.index("--method") + 1]
+    keys = [a for a in argv if "=" in a] + [*COMMON, f"max_steps={steps}", f"eval_every={steps}"]
+    print(f"$ speechtl-adapt --model {MODEL} --train {manifest} --method {method} --out {out} {' '.join(keys)}",
+          flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        done = recipes.run(recipes.RunInputs(MODEL, str(manifest)), load_config(None, keys, method=method), out,
+                           overwrite=True)
+    except SpeechtlError as e:
+        return {"run": name, "argv": argv, "error": [str(e)], "wall_seconds": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        return {"run": name, "argv": argv, "error": proc.stderr.strip().splitlines()[-1:], "wall_seconds": wall}
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [m for m in metrics if "eval" in m]
-    result = json.loads((out / "result.json").read_text())
-    trainable = next((line for line in proc.stderr.splitlines() if "parameters train" in line), "")
+    result = done.summary
     row = {"run": name, "argv": argv, "steps": result["steps"], "wall_seconds": round(wall, 1),
            "seconds_per_step": _seconds_per_step(metrics, {m["step"] for m in evals}),
            "dev_wer": result.get("best_metric"), "last_eval": result.get("last_eval"),
            "first_loss": next((m["loss"] for m in metrics if "loss" in m), None),
            "last_loss": next((m["loss"] for m in reversed(metrics) if "loss" in m), None),
-           "trainable": trainable.rsplit(";", 1)[-1].strip()}
+           "trainable": done.run.model.summary().rsplit(";", 1)[-1].strip()}
     print(f"  {name}: {row['seconds_per_step']:.2f} s/step, dev WER {row['dev_wer']}, {row['trainable']}", flush=True)
     return row
 

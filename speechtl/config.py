@@ -131,14 +131,79 @@ class RunConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # The keys the user gave (YAML, key=value, --method); a recipe's defaults never override them,
+    # and a given key that does not apply to the run's method or task is an error.
+    user_keys: frozenset[str] = field(default=frozenset(), compare=False)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write as YAML (atomically: temp file in the same folder, then rename)."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """Write as YAML (atomically: temp file in the same folder, then rename), with the keys the user set."""
+        text = yaml.safe_dump({**self.to_dict(), USER_KEYS: sorted(self.user_keys)}, sort_keys=False)
         atomic_write_text(Path(path), text)
+
+    def with_defaults(self, defaults: dict[str, Any], where: str = "recipe defaults") -> RunConfig:
+        """This config with ``defaults`` (flat keys) applied wherever the user did not set the key."""
+        index = _key_index()
+        changes: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for k, v in defaults.items():
+            if k not in index:
+                raise _unknown(k, where)
+            if k not in self.user_keys:
+                changes[index[k][0]][k] = coerce(v, _field_type(k), k, where)
+        return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **c)
+                                            for s, c in changes.items() if c})
+
+
+USER_KEYS = "set_by_user"  # the saved config's list of keys the user gave
+
+# The keys that mean something for each method, head and task; others keep their defaults.
+_TARGET_KEYS = ("target_modules", "target_regex", "target_layers", "modules_to_save", "layer_decay")
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "features": (),
+    "finetune": ("top_n_layers", "layer_decay", "freeze_frontend"),
+    "lora": (*_TARGET_KEYS, "lora_r", "lora_alpha", "lora_dropout"),
+    "dora": (*_TARGET_KEYS, "lora_r", "lora_alpha", "lora_dropout"),
+    "ia3": _TARGET_KEYS,
+    "bottleneck": (*_TARGET_KEYS, "bottleneck_style", "bottleneck_reduction", "bottleneck_dim",
+                   "bottleneck_activation"),
+}
+HEAD_KEYS: dict[str, tuple[str, ...]] = {
+    "backbone": (),
+    "ctc": ("weighted_layers", "head_layers", "head_hidden", "head_dropout"),
+    "classifier": ("labels", "weighted_layers", "head_hidden", "head_dropout", "head_pooling", "head_norm"),
+}
+_SPEECH_DATA = ("batch_seconds", "max_clip_seconds", "num_workers", "speed_perturb", "noise_snr")
+_SPECAUG = ("specaug", "specaug_freq_masks", "specaug_freq_width", "specaug_time_masks", "specaug_time_width")
+_REPLAY = ("replay_manifest", "replay_fraction", "distill_weight", "distill_temperature")
+TASK_DATA_KEYS: dict[str, tuple[str, ...]] = {
+    "asr": (*_SPEECH_DATA, "short_clips", *_SPECAUG, "beam_size", "dev_short_clips", "normalizer", *_REPLAY),
+    "speech-classify": (*_SPEECH_DATA, "short_clips", *_SPECAUG),
+    "accent-id": _SPEECH_DATA,
+    "classify": ("batch_size", "num_workers"),
+}
+
+
+def check_applicable(cfg: RunConfig, *, task: str, head: str) -> None:
+    """Refuse a key the user set that the run would silently ignore (``lora_r`` with ``method=bottleneck``).
+
+    ``task`` is a key of :data:`TASK_DATA_KEYS`; ``head`` the resolved head kind (a key of :data:`HEAD_KEYS`).
+    """
+    method = cfg.adapt.method
+    allowed = {
+        "adapt": {"method", "adapter_name", "head", *METHOD_KEYS[method], *HEAD_KEYS[head]},
+        "train": {f.name for f in fields(TrainConfig)},
+        "data": set(TASK_DATA_KEYS[task]),
+    }
+    index = _key_index()
+    for section, why in (("adapt", f"method {method!r} with a {head} head"), ("data", f"task {task!r}")):
+        foreign = sorted(k for k in cfg.user_keys if index[k][0] == section and k not in allowed[section])
+        if foreign:
+            keys = ", ".join(sorted(allowed[section] - {"method", "adapter_name"}))
+            raise SpeechtlError(f"config key{'s' if len(foreign) > 1 else ''} {', '.join(foreign)} "
+                                f"{'do' if len(foreign) > 1 else 'does'} not apply to {why}; "
+                                f"the {section} keys that do: {keys or 'none'}")
 
 
 def _key_index() -> dict[str, tuple[str, dataclasses.Field]]:
@@ -314,6 +379,7 @@ def load_config(
     """Defaults, then the YAML file ``path``, then ``overrides`` (``key=value`` strings or a dict), then ``fixed``."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    given: set[str] = set()
     if path is not None:
         p = Path(path)
         try:
@@ -322,8 +388,16 @@ def load_config(
             raise SpeechtlError(f"{p}: config file not found") from None
         except yaml.YAMLError as e:
             raise SpeechtlError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        saved_given = data.pop(USER_KEYS, None) if isinstance(data, dict) else None
         for k, v in _flatten_yaml(data, str(p)).items():
             values[k], sources[k] = v, str(p)
+        # A config speechtl saved lists what its user set; the rest of it is resolved defaults.
+        if saved_given is None:
+            given |= set(values)
+        elif isinstance(saved_given, list) and all(isinstance(k, str) for k in saved_given):
+            given |= set(saved_given) & set(values)
+        else:
+            raise SpeechtlError(f"{p}: {USER_KEYS} must be a list of config keys")
     if overrides:
         pairs = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
         for k, v in pairs.items():
@@ -337,13 +411,15 @@ def load_config(
             values[k], sources[k] = v, "command line"
     for k, v in fixed.items():
         values[k], sources[k] = v, "command line"
+    given |= {k for k, src in sources.items() if src == "command line"}
     index = _key_index()
     per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for k, v in values.items():
         if k not in index:
             raise _unknown(k, sources[k])
         per_section[index[k][0]][k] = v
-    return RunConfig(**{s: make(SECTIONS[s], per_section[s], "config") for s in SECTIONS})
+    return RunConfig(**{s: make(SECTIONS[s], per_section[s], "config") for s in SECTIONS},
+                     user_keys=frozenset(given))
 
 
 def _field_type(key: str) -> Any:

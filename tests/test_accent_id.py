@@ -156,13 +156,14 @@ def test_accent_id_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_accent_id_defaults_yield_to_what_the_user_set(tmp_path):
-    from speechtl.cli.adapt import _accent_id_defaults, build_parser
+    from speechtl.cli.adapt import build_parser
     from speechtl.config import load_config
+    from speechtl.recipes import accent_id
 
     def resolved(*argv):
         args = build_parser().parse_args(["--task", "accent-id", "--model", "m", "--train", "t", "--out", "o", *argv])
         fixed = {"method": args.method} if args.method else {}
-        return _accent_id_defaults(args, load_config(args.config, args.overrides, **fixed)).adapt
+        return load_config(args.config, args.overrides, **fixed).with_defaults(accent_id.DEFAULTS).adapt
 
     cfg = resolved()
     assert (cfg.method, cfg.weighted_layers, cfg.head) == ("features", True, "classifier")

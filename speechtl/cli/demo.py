@@ -70,8 +70,9 @@ def _run(args: argparse.Namespace) -> int:
     from ..data import read_manifest, split_by_speaker, write_manifest
     from ..data.importers import import_speechocean762
     from ..data.synth import build_corpus
+    from .. import recipes
+    from ..config import load_config
     from ..evaluate import evaluate
-    from .adapt import main as adapt_main
 
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -129,11 +130,9 @@ def _run(args: argparse.Namespace) -> int:
     dev_m = out / "target_dev.jsonl"
     write_manifest([u for u in utts if u.accent == target and u.split == "train"], train_m)
     write_manifest([u for u in utts if u.accent == target and u.split == "dev"], dev_m)
-    rc = adapt_main(["--model", args.model, "--train", str(train_m), "--dev", str(dev_m), "--method", "lora",
-                     "--out", str(out / "adapter-run"), "--overwrite", f"max_steps={args.max_steps}",
-                     "eval_every=20", "lr=3e-4", "warmup_steps=5", "batch_seconds=40", f"seed={args.seed}"])
-    if rc:
-        return rc
+    cfg = load_config(None, {"max_steps": args.max_steps, "eval_every": 20, "lr": 3e-4, "warmup_steps": 5,
+                             "batch_seconds": 40, "seed": args.seed}, method="lora")
+    recipes.run(recipes.RunInputs(args.model, str(train_m), str(dev_m)), cfg, out / "adapter-run", overwrite=True)
 
     _step("4/4 adapted model: WER per accent, compared with zero-shot")
     adapted = evaluate(args.model, test, adapter=out / "adapter-run" / "adapter", heldout_accents=heldout,

@@ -1,0 +1,134 @@
+"""Speech recognition (and speech classification by label): manifests of utterances in, a CTC or seq2seq run out.
+
+Batches hold up to ``batch_seconds`` of audio; Whisper pads each batch to its longest clip
+(``short_clips``) and dev decoding pads to 30 s like inference (``dev_short_clips``). With
+``replay_manifest`` a share of every batch is native speech, optionally distilled towards the
+base model, and each dev evaluation also reports forgetting on the replay dev lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import SpeechtlError
+from .base import Run, RunInputs, audio_loader, drop_long, select
+
+# Settings this recipe starts from where the user gave none (none beyond the config's own yet).
+DEFAULTS: dict[str, Any] = {}
+
+
+def data_task(cfg: RunConfig) -> str:
+    """``asr``, or ``speech-classify`` when the run trains a classifier of a label field on speech."""
+    return "speech-classify" if cfg.adapt.head == "classifier" or cfg.adapt.labels else "asr"
+
+
+def utterances(inputs: RunInputs, *, require_text: bool) -> tuple[list, list]:
+    """The (train, dev) utterances: train or unsplit lines of ``train``; dev from ``dev`` or train's dev lines."""
+    from ..data.manifest import read_manifest
+
+    train_all = read_manifest(inputs.train, require_text=require_text)
+    train = select(train_all, splits=(None, "train"), accent=inputs.target_accent, where=inputs.train)
+    if inputs.dev:
+        dev = select(read_manifest(inputs.dev, require_text=require_text), splits=(None, "dev"),
+                     accent=inputs.target_accent, where=inputs.dev)
+    else:
+        dev = select(train_all, splits=("dev",), accent=inputs.target_accent, where=f"{inputs.train} (split=dev)")
+    if not train:
+        raise SpeechtlError(f"{inputs.train}: no training utterances (split train or none)")
+    return train, dev
+
+
+def replay_utterances(d, classification: bool) -> tuple[list, list]:
+    """``replay_manifest``'s (train-or-unsplit, dev) utterances, checked against the replay settings."""
+    from ..data.manifest import read_manifest
+
+    if d.replay_manifest is None:
+        if d.replay_fraction > 0 or d.distill_weight > 0:
+            raise SpeechtlError("replay_fraction and distill_weight need replay_manifest=PATH (native/source speech)")
+        return [], []
+    if classification:
+        raise SpeechtlError("replay_manifest applies to speech recognition, not classification")
+    utts = read_manifest(d.replay_manifest)
+    train = [u for u in utts if u.split in (None, "train")] if d.replay_fraction > 0 else []
+    dev = [u for u in utts if u.split == "dev"]
+    if d.replay_fraction > 0 and not train:
+        raise SpeechtlError(f"{d.replay_manifest}: no train (or unsplit) lines to replay; "
+                            "add some or set replay_fraction=0")
+    if d.distill_weight > 0 and not train:
+        raise SpeechtlError("distill_weight works on the replay utterances: set replay_fraction > 0 too")
+    if not train and not dev:
+        raise SpeechtlError(f"{d.replay_manifest}: no train or dev lines; nothing to replay or to measure "
+                            "forgetting on")
+    return train, dev
+
+
+def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0) -> Run:
+    from torch.utils.data import DataLoader
+
+    from ..data.loader import AudioDataset, DurationBatchSampler, augmentation, durations_of
+    from ..specaug import SpecAugment
+    from ..tasks import ClassificationTask, asr_dev_fn, classification_dev_fn, task_for
+    from ..transfer import adapt
+
+    d = cfg.data
+    # Speech recognition trains on transcripts: an empty one is a manifest error, with its line.
+    train_utts, dev_utts = utterances(inputs, require_text=data_task(cfg) == "asr")
+    train_utts, durations = drop_long(train_utts, durations_of(train_utts), d.max_clip_seconds)
+
+    if hasattr(backbone, "short_clips"):
+        backbone.short_clips = d.short_clips
+    model = adapt(backbone, **dataclasses.asdict(cfg.adapt))
+    if rank == 0:
+        print(model.summary(), file=sys.stderr)
+    specaug = (SpecAugment(d.specaug_freq_masks, d.specaug_freq_width, d.specaug_time_masks, d.specaug_time_width)
+               if d.specaug else None)
+    task = task_for(model, specaug=specaug)
+    classification = isinstance(task, ClassificationTask)
+    train_cfg = cfg.train
+    if classification and train_cfg.metric == "wer":
+        train_cfg = dataclasses.replace(train_cfg, metric="error")
+
+    rate, seed = backbone.sample_rate, cfg.train.seed
+    replay_train, replay_dev = replay_utterances(d, classification)
+    if replay_train:
+        from ..replay import ReplayBatchSampler, ReplayDataset, ReplayTask
+
+        # The target share of the batch keeps (1 - fraction) of batch_seconds; replay fills the rest.
+        inner = DurationBatchSampler(durations, d.batch_seconds * (1 - d.replay_fraction), shuffle=True, seed=seed,
+                                     num_replicas=world, rank=rank)
+        sampler = ReplayBatchSampler(inner, len(train_utts), len(replay_train), d.replay_fraction, seed=seed,
+                                     rank=rank)
+        data = ReplayDataset(AudioDataset(train_utts, rate, seed=seed, **augmentation(d)),
+                             AudioDataset(replay_train, rate, seed=seed))
+        task = ReplayTask(task, model, distill_weight=d.distill_weight, temperature=d.distill_temperature)
+        loader = DataLoader(data, batch_sampler=sampler, collate_fn=task.collate, num_workers=d.num_workers)
+    else:
+        loader = audio_loader(train_utts, rate, d.batch_seconds, task.collate, num_workers=d.num_workers,
+                              shuffle=True, seed=seed, world=world, rank=rank, **augmentation(d))
+
+    dev_collate = task.collate
+    if hasattr(backbone, "short_clips") and not d.dev_short_clips:
+        dev_collate = functools.partial(task.collate, short_clips=False)
+
+    def dev_loader(utts):
+        return audio_loader(utts, rate, d.batch_seconds, dev_collate, num_workers=d.num_workers)
+
+    dev_fn = None
+    if dev_utts:
+        dev_fn = (classification_dev_fn(task, dev_loader(dev_utts)) if classification
+                  else asr_dev_fn(task, dev_loader(dev_utts), normalizer=d.normalizer, beam_size=d.beam_size))
+    elif rank == 0:
+        print("no dev utterances: training without evaluation (the last weights are kept)", file=sys.stderr)
+    if replay_dev and rank == 0:
+        from ..replay import forgetting_dev_fn
+
+        source_fn = asr_dev_fn(task, dev_loader(replay_dev), normalizer=d.normalizer, beam_size=d.beam_size)
+        dev_fn = forgetting_dev_fn(dev_fn, source_fn, model)
+    summary = {"train_utterances": len(train_utts), "train_hours": round(sum(durations) / 3600, 4),
+               "dev_utterances": len(dev_utts), "replay_utterances": len(replay_train),
+               "replay_dev_utterances": len(replay_dev)}
+    return Run("asr", inputs, cfg, model, task, loader, dev_fn, train_cfg, summary)

@@ -1,0 +1,132 @@
+"""What every recipe shares: the run's inputs, the :class:`Run` it builds, and the output folder's rules."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import RunConfig, TrainConfig
+from ..errors import SpeechtlError
+
+# Files a run leaves in its folder; --overwrite removes a folder only when it looks like one.
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "adapter", "result.json")
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """Where a run's model and data come from (the command line's ``--model``, ``--train``, ...)."""
+
+    model: str
+    train: str
+    dev: str | None = None
+    target_accent: str | None = None
+
+
+@dataclass
+class Run:
+    """A training run wired by a recipe, ready for :func:`speechtl.train.train`.
+
+    ``after_training(out)`` scores what the run promises beyond its dev metric (accent-id's
+    confusion matrix); it returns an object with ``format_table()``, or None.
+    """
+
+    recipe: str
+    inputs: RunInputs
+    config: RunConfig
+    model: Any  # AdaptedModel
+    task: Any  # speechtl.tasks.Task
+    loader: Iterable
+    dev_fn: Callable | None
+    train_config: TrainConfig
+    summary: dict[str, Any] = field(default_factory=dict)
+    after_training: Callable[[Path], Any] | None = None
+
+
+@dataclass
+class RunResult:
+    """What :func:`speechtl.recipes.execute` leaves: the training result, the adapter and the summary."""
+
+    run: Run
+    train: Any  # speechtl.train.TrainResult
+    adapter: Path | None
+    summary: dict[str, Any]
+    report: Any = None
+
+
+def select(utts: Sequence, *, splits: tuple, accent: str | None, where: str) -> list:
+    """The utterances of ``splits`` (and of ``accent`` when given); an unknown accent is an error naming the others."""
+    chosen = [u for u in utts if u.split in splits]
+    if accent is not None:
+        accents = sorted({u.accent for u in chosen})
+        chosen = [u for u in chosen if u.accent == accent]
+        if not chosen and accents:
+            raise SpeechtlError(f"{where}: no utterance of accent {accent!r}; accents there: {', '.join(accents)}")
+    return chosen
+
+
+def drop_long(utts: list, durations: list[float], max_seconds: float) -> tuple[list, list[float]]:
+    """Leave out (with a warning) the clips longer than ``max_seconds``; an error when none is left."""
+    keep = [i for i, d in enumerate(durations) if d <= max_seconds]
+    if len(keep) < len(utts):
+        warnings.warn(f"{len(utts) - len(keep)} training clips are longer than max_clip_seconds={max_seconds:g} "
+                      "and are left out", stacklevel=2)
+        utts, durations = [utts[i] for i in keep], [durations[i] for i in keep]
+        if not utts:
+            raise SpeechtlError("every training clip is longer than max_clip_seconds; raise it")
+    return utts, durations
+
+
+def audio_loader(utts: Sequence, rate: int, batch_seconds: float, collate: Callable, *, num_workers: int = 0,
+                 shuffle: bool = False, seed: int = 0, world: int = 1, rank: int = 0, **augment: Any):
+    """A DataLoader of duration-capped batches of ``utts`` at ``rate`` Hz (evaluation order unless ``shuffle``)."""
+    from torch.utils.data import DataLoader
+
+    from ..data.loader import AudioDataset, DurationBatchSampler, durations_of
+
+    sampler = DurationBatchSampler(durations_of(utts), batch_seconds, shuffle=shuffle, seed=seed,
+                                   num_replicas=world, rank=rank)
+    return DataLoader(AudioDataset(list(utts), rate, seed=seed, **augment), batch_sampler=sampler,
+                      collate_fn=collate, num_workers=num_workers)
+
+
+def prepare_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool = True) -> None:
+    """Check ``out`` for a new run (empty, or an earlier run's folder with ``overwrite``) or for ``resume``."""
+    import os
+
+    if overwrite and resume:
+        raise SpeechtlError("--overwrite and --resume contradict each other; choose one")
+    if resume:
+        if not (out / "checkpoints" / "last.pt").is_file():
+            raise SpeechtlError(f"{out}: no checkpoints/last.pt to resume from; start a new run instead")
+        return
+    if not is_main or not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise SpeechtlError(f"--out {out} is a file; give a folder")
+    if not any(os.scandir(out)):
+        return
+    if not overwrite:
+        raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it or --resume to continue it")
+    if not any((out / name).exists() for name in RUN_FILES):
+        raise SpeechtlError(f"--out {out} does not look like a speechtl-adapt output; remove it yourself")
+    shutil.rmtree(out)
+
+
+def check_resume_config(out: Path, cfg: RunConfig) -> None:
+    """Resuming must use the interrupted run's adapt and data settings (the train section may change)."""
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = cfg.to_dict()
+    changed = [f"{section}.{k}" for section in ("adapt", "data") for k, v in now[section].items()
+               if saved.get(section, {}).get(k, v) != v]
+    if changed:
+        raise SpeechtlError(f"{saved_path}: resuming with a different {', '.join(changed)}; "
+                            "give the same config as the interrupted run")
