@@ -196,8 +196,11 @@ def check_applicable(cfg: RunConfig, *, task: str, head: str) -> None:
         "train": {f.name for f in fields(TrainConfig)},
         "data": set(TASK_DATA_KEYS[task]),
     }
+    if task in ("classify", "accent-id"):
+        allowed["adapt"].discard("labels")  # the classes come from the training manifest
     index = _key_index()
-    for section, why in (("adapt", f"method {method!r} with a {head} head"), ("data", f"task {task!r}")):
+    for section, why in (("adapt", f"method {method!r} with a {head} head on task {task!r}"),
+                         ("data", f"task {task!r}")):
         foreign = sorted(k for k in cfg.user_keys if index[k][0] == section and k not in allowed[section])
         if foreign:
             keys = ", ".join(sorted(allowed[section] - {"method", "adapter_name"}))
