@@ -23,11 +23,13 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .adapters.lora import PEFT_METHODS
-from .checksums import sha256_file, verify_checksums, write_checksums
+from .checksums import verify_checksums, write_checksums
 from .errors import SpeechtlError
+
+if TYPE_CHECKING:
+    from .adapters.io import SavedAdapter
 
 FORMATS = ("transformers", "ct2")
 QUANTIZATIONS = ("int8", "int8_float32", "float16", "float32")
@@ -72,14 +74,15 @@ def export(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise SpeechtlError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     _check_out(out, model, adapter)
-    meta = None
+    saved = None
     if adapter is not None:
-        from .adapters.io import read_adapter_meta
+        from .adapters.io import SavedAdapter
 
-        meta = read_adapter_meta(adapter)
-        _check_exportable(meta, Path(adapter))
+        saved = SavedAdapter.read(adapter)
+        _check_exportable(saved)
+        saved.state()  # a damaged weights file fails before the base model loads
         if model is None:
-            model = meta["base_model"]
+            model = saved.base_model
     if model is None:
         raise SpeechtlError("give the model to export (a name, folder or hub id), or an adapter that names its base")
 
@@ -94,11 +97,9 @@ def export(
     if format == "ct2" and getattr(backbone, "task", None) != "seq2seq":
         raise SpeechtlError(f"{model}: the ct2 format holds Whisper models; export this one with --format transformers")
     base_checksum = weights_checksum(backbone)
-    if adapter is not None:
-        from .adapters.io import load_adapter
-
-        adapted = load_adapter(backbone, adapter)  # refuses an adapter of other base weights, naming it
-        if adapted.method in PEFT_METHODS:  # peft's adapters merge into the weights
+    if saved is not None:
+        adapted = saved.build(backbone)  # refuses an adapter of other base weights, naming it
+        if adapted.mergeable:
             adapted.merge_adapter()
     info: dict[str, Any] = {
         "format": EXPORT_FORMAT,
@@ -107,11 +108,11 @@ def export(
         "quantization": quantization,
         "base_model": str(model),
         "base_checksum": base_checksum,
-        "adapter": None if meta is None else {
-            "path": str(Path(adapter).resolve()),
-            "method": meta["method"],
-            "target_accent": meta.get("target_accent"),
-            "adapter_sha256": sha256_file(Path(adapter) / "adapter.safetensors"),
+        "adapter": None if saved is None else {
+            "path": str(saved.directory.resolve()),
+            "method": saved.method,
+            "target_accent": saved.meta.get("target_accent"),
+            "adapter_sha256": saved.weights_sha256,
         },
         "max_target_positions": getattr(hf_model.config, "max_target_positions", None),
         "speechtl_version": _version(),
@@ -147,14 +148,16 @@ def _check_out(out: Path, model: str | os.PathLike | None, adapter: str | os.Pat
                                 "export to a folder of its own")
 
 
-def _check_exportable(meta: dict[str, Any], adapter: Path) -> None:
-    method = meta.get("method")
-    if method == "bottleneck":
-        raise SpeechtlError(f"{adapter}: bottleneck adapters add modules that neither transformers nor CTranslate2 "
-                            "can hold; train a LoRA adapter (speechtl-adapt --method lora) to export")
-    if meta.get("head"):
-        raise SpeechtlError(f"{adapter}: this {method} run trained a new {meta['head'].get('type', 'head')}, which "
-                            "is not a Whisper or CTC model format; export LoRA, DoRA, IA3 or finetune runs")
+def _check_exportable(saved: SavedAdapter) -> None:
+    from .transfer import ADAPTER_KINDS
+
+    method, kind = saved.method, ADAPTER_KINDS.get(saved.method)
+    if kind is not None and not kind.mergeable:  # what does not merge leaves modules no plain model holds
+        raise SpeechtlError(f"{saved.directory}: {method} adapters add modules that neither transformers nor "
+                            "CTranslate2 can hold; train a LoRA adapter (speechtl-adapt --method lora) to export")
+    if saved.head:
+        raise SpeechtlError(f"{saved.directory}: this {method} run trained a new {saved.head.get('type', 'head')}, "
+                            "which is not a Whisper or CTC model format; export LoRA, DoRA, IA3 or finetune runs")
 
 
 def _save_transformers(backbone, folder: Path) -> None:

@@ -1,7 +1,7 @@
 """Accent identification and routing each utterance to the adapter of its accent.
 
 An accent classifier is the feature-extraction transfer mode on a speech encoder: the encoder
-stays frozen, a small :class:`~speechtl.transfer.ClassifierHead` reads a learned softmax-weighted
+stays frozen, a small :class:`~speechtl.heads.ClassifierHead` reads a learned softmax-weighted
 sum of its layers and pools over the valid frames (``speechtl-adapt --task accent-id``: layer-normalised
 states, mean and standard deviation pooling).
 
@@ -144,7 +144,7 @@ class AccentClassifier:
     @classmethod
     def from_model(cls, model: nn.Module) -> AccentClassifier:
         """Wrap an :class:`~speechtl.transfer.AdaptedModel` whose head is a classifier."""
-        from .transfer import ClassifierHead
+        from .heads import ClassifierHead
 
         if not isinstance(getattr(model, "head", None), ClassifierHead):
             raise SpeechtlError(f"{getattr(model, 'name', model)!r} has no classifier head; train one with "
@@ -191,34 +191,18 @@ def load_accent_classifier(directory: str | os.PathLike, *, backbone: nn.Module 
     equal to the classifier's, a ``features``-mode head is put on that backbone's encoder
     (``shared``); otherwise the classifier's own base model is built and loaded.
     """
-    from .adapters.io import WEIGHTS, load_adapter, read_adapter_meta
-    from .config import AdaptConfig, make
-    from .transfer import _build_head
+    from .adapters.io import SavedAdapter
 
-    directory = Path(directory)
-    meta = read_adapter_meta(directory)
-    head_desc = meta.get("head") or {}
+    saved = SavedAdapter.read(directory)
+    head_desc = saved.head or {}
     if head_desc.get("type") != "ClassifierHead":
-        raise SpeechtlError(f"{directory}: not an accent classifier (its head is {head_desc.get('type')!r}); "
+        raise SpeechtlError(f"{saved.directory}: not an accent classifier (its head is {head_desc.get('type')!r}); "
                             "train one with speechtl-adapt --task accent-id")
-    cfg = meta["config"]
-    if backbone is not None and base_checksum == meta["base_checksum"] and meta["method"] == "features":
-        from safetensors.torch import load_file
-
+    if backbone is not None and base_checksum == saved.base_checksum and saved.method == "features":
         # The head as adapt() built it; keys a folder predates take their defaults.
-        head = _build_head(backbone, make(AdaptConfig, {**cfg, "head": "classifier", "labels": head_desc["labels"]},
-                                          where=str(directory)))
-        try:
-            state = load_file(str(directory / WEIGHTS))
-        except FileNotFoundError:
-            raise SpeechtlError(f"{directory}: {WEIGHTS} is missing; the adapter folder is incomplete") from None
-        try:
-            head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
-        except RuntimeError as e:
-            raise SpeechtlError(f"{directory}: saved head does not fit: {str(e).splitlines()[0]}") from None
-        head.to(next(backbone.parameters()).device).eval()
+        head = saved.build_head(backbone)
         return AccentClassifier(head, backbone, shared=True, base_checksum=base_checksum)
-    model = load_adapter(None, directory)
+    model = saved.build()
     if backbone is not None:
         model.to(next(backbone.parameters()).device)
     model.eval()
@@ -227,32 +211,6 @@ def load_accent_classifier(directory: str | os.PathLike, *, backbone: nn.Module 
 
 # --------------------------------------------------------------------------------------------
 # Router
-
-
-def _adapter_state(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The active adapter's weights of a saved adapter folder, keyed as :meth:`AdapterSet.load_state` takes them."""
-    from safetensors.torch import load_file
-
-    from .adapters.io import WEIGHTS
-
-    name = meta.get("active")
-    if not name:
-        raise SpeechtlError(f"{directory}: the saved adapter has no active adapter to route to")
-    try:
-        state = load_file(str(directory / WEIGHTS))
-    except FileNotFoundError:
-        raise SpeechtlError(f"{directory}: {WEIGHTS} is missing; the adapter folder is incomplete") from None
-    if any(k.startswith("backbone.") for k in state):
-        raise SpeechtlError(f"{directory}: the adapter also trained base-model modules (modules_to_save), which "
-                            "differ per adapter; routing switches adapter weights only")
-    prefix = f"adapter.{name}."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-# Config entries that fix an adapter's places, shape and scale: adapters routed on one model must agree on them
-# (every named adapter of a set is built from the first one's config).
-_SHAPE_KEYS = ("method", "target_modules", "target_regex", "target_layers", "modules_to_save", "lora_r", "lora_alpha",
-               "bottleneck_style", "bottleneck_reduction", "bottleneck_dim", "bottleneck_activation")
 
 
 class Router:
@@ -268,10 +226,10 @@ class Router:
 
     def __init__(self, backbone: nn.Module, adapters: Mapping[str, str | os.PathLike] | None = None,
                  accent_classifier: str | os.PathLike | AccentClassifier | nn.Module | None = None):
-        from .adapters.io import read_adapter_meta, weights_checksum
-        from .transfer import ADAPTER_METHODS, adapt
+        from .adapters.io import SavedAdapter, weights_checksum
+        from .transfer import ADAPTER_METHODS, adapt, adapted_with
 
-        if getattr(backbone, "_speechtl_adapted", None):
+        if adapted_with(backbone):
             raise SpeechtlError(f"{backbone.name} already carries an adapter; routing loads the adapters itself, "
                                 "so give it the plain base model")
         self.backbone = backbone
@@ -280,31 +238,36 @@ class Router:
         self.internal: dict[str, str] = {}  # accent -> adapter name inside the model (accents may hold any character)
         self.model = None
         self.method: str | None = None
-        metas = {a: read_adapter_meta(d) for a, d in self.adapter_dirs.items()}
-        need_checksum = bool(metas) or isinstance(accent_classifier, str | os.PathLike)
+        saved = {a: SavedAdapter.read(d) for a, d in self.adapter_dirs.items()}
+        need_checksum = bool(saved) or isinstance(accent_classifier, str | os.PathLike)
         self.base_checksum = weights_checksum(backbone) if need_checksum else None
         first_cfg: dict[str, Any] | None = None
-        for k, (accent, meta) in enumerate(metas.items()):
-            directory = Path(self.adapter_dirs[accent])
-            if meta["base_checksum"] != self.base_checksum:
-                raise SpeechtlError(f"{directory}: adapter for {accent!r} was trained on {meta['base_model']!r} "
+        for k, (accent, ad) in enumerate(saved.items()):
+            directory = ad.directory
+            if ad.base_checksum != self.base_checksum:
+                raise SpeechtlError(f"{directory}: adapter for {accent!r} was trained on {ad.base_model!r} "
                                     f"with other weights than {backbone.name!r}; route only adapters of this model")
-            if meta.get("head") is not None:
-                raise SpeechtlError(f"{directory}: adapter for {accent!r} brings a new {meta['head']['type']}; routing "
+            if ad.head is not None:
+                raise SpeechtlError(f"{directory}: adapter for {accent!r} brings a new {ad.head.get('type')}; routing "
                                     "switches adapters on one model and its own head, so give adapters without heads")
-            if meta["method"] not in ADAPTER_METHODS:
-                raise SpeechtlError(f"{directory}: method {meta['method']!r} changes the base weights; routing needs "
+            if ad.method not in ADAPTER_METHODS:
+                raise SpeechtlError(f"{directory}: method {ad.method!r} changes the base weights; routing needs "
                                     f"adapters ({', '.join(ADAPTER_METHODS)})")
-            cfg = {key: meta["config"].get(key) for key in _SHAPE_KEYS}
+            if not ad.active:
+                raise SpeechtlError(f"{directory}: the saved adapter has no active adapter to route to")
+            if ad.trains_base_modules:
+                raise SpeechtlError(f"{directory}: the adapter also trained base-model modules (modules_to_save), "
+                                    "which differ per adapter; routing switches adapter weights only")
+            cfg = ad.shape
             name = f"route{k}"
             self.internal[accent] = name
-            state = _adapter_state(directory, meta)
+            state = ad.adapter_state()
             if first_cfg is None:
                 first_cfg = cfg
-                self.method = meta["method"]
-                self.model = adapt(backbone, **{**meta["config"], "adapter_name": name, "labels": []})
+                self.method = ad.method
+                self.model = adapt(backbone, **ad.adapt_kwargs(adapter_name=name, labels=[]))
             else:
-                differ = [key for key in _SHAPE_KEYS if cfg[key] != first_cfg[key]]
+                differ = [key for key in cfg if cfg[key] != first_cfg[key]]
                 if differ:
                     first = self.accents[0]
                     raise SpeechtlError(f"{directory}: adapter for {accent!r} differs from the one for {first!r} in "
@@ -379,7 +342,7 @@ class Router:
         return None
 
     def check_soft(self) -> None:
-        if self.method != "lora":
+        if self.model is None or not self.model.adapters.mixable:
             raise SpeechtlError(f"soft routing mixes LoRA adapters only; these adapters are {self.method!r}: "
                                 "use hard routing (soft=False)")
 
@@ -398,7 +361,8 @@ class Router:
             yield
             return
         if route.weights is not None:
-            with self._mixture({self.internal[a]: w for a, w in route.weights.items()}):
+            self.check_soft()
+            with self.model.adapters_mixed({self.internal[a]: w for a, w in route.weights.items()}):
                 yield
         elif route.name == BASE:
             with self.model.adapters_disabled():
@@ -406,28 +370,6 @@ class Router:
         else:
             self.model.set_adapter(self.internal[route.name])
             yield
-
-    @contextmanager
-    def _mixture(self, weights: dict[str, float]) -> Iterator[None]:
-        """Every LoRA adapter active at once, each layer's scale multiplied by its adapter's weight."""
-        from peft.tuners.lora import LoraLayer
-
-        self.check_soft()
-        active = self.model.active_adapter
-        layers = [m for m in self.model.backbone.model.modules() if isinstance(m, LoraLayer)]
-        saved = [dict(m.scaling) for m in layers]
-        names = list(weights)
-        try:
-            for m in layers:
-                m.set_adapter(names, inference_mode=True)
-                for n, w in weights.items():
-                    if n in m.scaling:
-                        m.scaling[n] = m.scaling[n] * w
-            yield
-        finally:
-            for m, s in zip(layers, saved):
-                m.scaling.update(s)
-            self.model.set_adapter(active)
 
 
 def pool_by_group(probs: np.ndarray, groups: Sequence[Any]) -> np.ndarray:

@@ -109,7 +109,7 @@ class ClassificationTask(_BackboneTask):
 
 def task_for(model: nn.Module, *, specaug: SpecAugment | None = None, label_key: str = "accent") -> Task:
     """The task matching an adapted model's head: classifier, new CTC head, or the backbone's own ASR."""
-    from .transfer import ClassifierHead, CTCHead
+    from .heads import ClassifierHead, CTCHead
 
     head = getattr(model, "head", None)
     if isinstance(head, ClassifierHead):

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .adapters.lora import PEFT_METHODS
 from .backbones import create_backbone
 from .decoding import DecodeOptions, Hypothesis, decode_with_fallback
 from .engines import ENGINES, Ct2Whisper
@@ -230,7 +229,7 @@ def _torch_runner(model, adapter, adapters, accent_classifier, soft, route, merg
 
         runner = load_adapter(backbone, adapter)
         merge = own if merge_adapter is None else merge_adapter
-        if merge and runner.method in PEFT_METHODS:  # peft's adapters merge into the weights
+        if merge and runner.mergeable:
             runner.merge_adapter()  # one set of weights: no adapter layers to run at every step
     else:
         runner = backbone

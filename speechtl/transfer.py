@@ -15,173 +15,36 @@ Methods (keyword arguments are the fields of :class:`speechtl.config.AdaptConfig
 An :class:`AdaptedModel` keeps several named adapters (``add_adapter``, ``set_adapter``,
 ``adapters_disabled``, ``merge_adapter``, ``average_adapters``), reports what trains, gives the
 optimizer its parameter groups, and saves/loads only what was trained (:mod:`speechtl.adapters.io`).
+New heads (CTC, classifier, layer mix) live in :mod:`speechtl.heads`; what each adapter kind trains,
+saves and merges is its :class:`~speechtl.adapters.base.AdapterSet`'s answer.
 """
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .adapters.base import AdapterSet, InjectionReport
 from .adapters.bottleneck import BottleneckAdapters, default_targets
-from .adapters.inject import AdapterSet, InjectionReport, count_parameters, find_targets
+from .adapters.inject import count_parameters, find_targets
 from .adapters.lora import IA3_TARGETS, PEFT_METHODS, PeftAdapters, make_peft_config
 from .backbones.base import EncoderOutput
 from .config import AdaptConfig, make
 from .decoding import Hypothesis
 from .errors import SpeechtlError
+from .heads import POOLINGS, CharVocab, ClassifierHead, CTCHead, LayerMix, build_head
 
-ADAPTER_METHODS = (*PEFT_METHODS, "bottleneck")
-POOLINGS = ("mean", "stats")
+__all__ = ["ADAPTER_KINDS", "ADAPTER_METHODS", "POOLINGS", "AdaptedModel", "CTCHead", "CharVocab", "ClassifierHead",
+           "LayerMix", "adapt", "adapted_with", "build_head", "injection_report"]
 
-# --------------------------------------------------------------------------------------------
-# Heads
-
-
-class CharVocab:
-    """Characters for a new CTC head: blank (id 0), space, apostrophe, a-z.
-
-    ``encode`` lower-cases and drops characters outside the vocabulary (punctuation, digits).
-    """
-
-    BLANK = "<blank>"
-
-    def __init__(self, symbols: Sequence[str] | None = None):
-        self.symbols = list(symbols) if symbols is not None else [self.BLANK, " ", "'", *string.ascii_lowercase]
-        if self.symbols[0] != self.BLANK:
-            raise SpeechtlError(f"a CTC vocabulary must start with {self.BLANK!r}")
-        self.index = {s: i for i, s in enumerate(self.symbols)}
-
-    def __len__(self) -> int:
-        return len(self.symbols)
-
-    def encode(self, text: str) -> list[int]:
-        text = re.sub(r"\s+", " ", text.lower()).strip()
-        return [self.index[c] for c in text if c in self.index and c != self.BLANK]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return re.sub(r"\s+", " ", "".join(self.symbols[i] for i in ids if i != 0)).strip()
-
-
-class LayerMix(nn.Module):
-    """Softmax-weighted sum of a backbone's hidden states (SUPERB's featurizer).
-
-    ``forward(states)``: ``num_states`` tensors ``(batch, frames, hidden)`` -> ``(batch, frames, hidden)``.
-    The weights start equal. With ``normalize`` each state is layer-normalised (no learned scale)
-    before the sum, so that no layer dominates by its magnitude (s3prl's ``normalize``).
-    """
-
-    def __init__(self, num_states: int, *, normalize: bool = False):
-        super().__init__()
-        self.weights = nn.Parameter(torch.zeros(num_states))
-        self.normalize = normalize
-
-    def forward(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
-        if len(states) != self.weights.numel():
-            raise ValueError(f"expected {self.weights.numel()} hidden states, got {len(states)}")
-        w = torch.softmax(self.weights.float(), dim=0)
-        if self.normalize:
-            states = [F.layer_norm(s.float(), s.shape[-1:]) for s in states]
-        return sum(wi * s.float() for wi, s in zip(w, states))
-
-    def layer_weights(self) -> list[float]:
-        return torch.softmax(self.weights.detach().float(), 0).tolist()
-
-
-class CTCHead(nn.Module):
-    """A new CTC head on encoder states: optional layer mix, dropout, optional BiLSTM, linear to characters.
-
-    ``forward(enc)`` -> logits ``(batch, frames, len(vocab))`` and frame counts ``(batch,)``.
-    """
-
-    def __init__(self, hidden_size: int, num_states: int, *, weighted_layers: bool = False, lstm_layers: int = 0,
-                 lstm_hidden: int = 256, dropout: float = 0.1, vocab: CharVocab | None = None):
-        super().__init__()
-        self.vocab = vocab or CharVocab()
-        self.mix = LayerMix(num_states) if weighted_layers else None
-        self.dropout = nn.Dropout(dropout)
-        self.lstm = (nn.LSTM(hidden_size, lstm_hidden, num_layers=lstm_layers, batch_first=True, bidirectional=True)
-                     if lstm_layers > 0 else None)
-        self.out = nn.Linear(2 * lstm_hidden if self.lstm is not None else hidden_size, len(self.vocab))
-
-    def forward(self, enc: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.mix(enc.hidden_states) if self.mix is not None else enc.last_hidden_state
-        x = self.dropout(x.to(self.out.weight.dtype))
-        if self.lstm is not None:
-            frames = x.shape[1]
-            packed = pack_padded_sequence(x, enc.lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
-            x, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=frames)
-        return self.out(x), enc.lengths
-
-    def loss(self, enc: EncoderOutput, texts: Sequence[str]) -> torch.Tensor:
-        """CTC loss, averaged over target lengths then batch."""
-        logits, frames = self(enc)
-        targets = [torch.tensor(self.vocab.encode(t), dtype=torch.long) for t in texts]
-        target_lengths = torch.tensor([len(t) for t in targets])
-        if (target_lengths == 0).any():
-            raise ValueError("a transcript has no characters in the CTC head's vocabulary")
-        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-        return F.ctc_loss(log_probs, torch.cat(targets).to(logits.device), frames, target_lengths.to(logits.device),
-                          blank=0, reduction="mean", zero_infinity=True)
-
-    @torch.no_grad()
-    def decode(self, enc: EncoderOutput) -> list[str]:
-        """Greedy CTC: best symbol per frame, repeats collapsed, blanks dropped."""
-        logits, frames = self(enc)
-        out = []
-        for ids, n in zip(logits.argmax(-1).cpu(), frames.cpu()):
-            out.append(self.vocab.decode(torch.unique_consecutive(ids[: int(n)]).tolist()))
-        return out
-
-
-class ClassifierHead(nn.Module):
-    """Utterance classifier: optional layer mix, projection, pooling over valid frames, linear to classes.
-
-    ``pooling="mean"`` averages the projected frames; ``"stats"`` joins their mean and standard
-    deviation (x-vector statistics pooling), which keeps how the voice varies over the utterance.
-    ``normalize`` layer-normalises each hidden state (no learned scale) before the mix.
-
-    ``forward(enc)`` -> logits ``(batch, len(labels))``.
-    """
-
-    def __init__(self, hidden_size: int, num_states: int, labels: Sequence[str], *, weighted_layers: bool = False,
-                 hidden: int = 256, dropout: float = 0.1, pooling: str = "mean", normalize: bool = False):
-        super().__init__()
-        if len(labels) < 2 or len(set(labels)) != len(labels):
-            raise SpeechtlError(f"a classifier needs at least two distinct labels, got {list(labels)}")
-        if pooling not in POOLINGS:
-            raise SpeechtlError(f"head_pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
-        self.labels = list(labels)
-        self.pooling = pooling
-        self.normalize = normalize
-        self.mix = LayerMix(num_states, normalize=normalize) if weighted_layers else None
-        self.proj = nn.Linear(hidden_size, hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(2 * hidden if pooling == "stats" else hidden, len(self.labels))
-
-    def forward(self, enc: EncoderOutput) -> torch.Tensor:
-        if self.mix is not None:
-            x = self.mix(enc.hidden_states)
-        else:
-            x = enc.last_hidden_state
-            if self.normalize:
-                x = F.layer_norm(x.float(), x.shape[-1:])
-        x = self.proj(x.to(self.proj.weight.dtype))
-        valid = enc.padding_mask().to(x.dtype)[..., None]
-        count = valid.sum(1).clamp(min=1)
-        pooled = (x * valid).sum(1) / count
-        if self.pooling == "stats":
-            var = (((x - pooled[:, None]) ** 2) * valid).sum(1) / count
-            pooled = torch.cat([pooled, var.clamp(min=1e-6).sqrt()], dim=-1)
-        return self.out(self.dropout(pooled))
-
+# Each adapter method and the kind of adapter set it injects (what trains, what is saved, how it merges).
+ADAPTER_KINDS: dict[str, type[AdapterSet]] = {**dict.fromkeys(PEFT_METHODS, PeftAdapters),
+                                              "bottleneck": BottleneckAdapters}
+ADAPTER_METHODS = tuple(ADAPTER_KINDS)
 
 # --------------------------------------------------------------------------------------------
 # The adapted model
@@ -325,20 +188,11 @@ class AdaptedModel(nn.Module):
             inner = self.backbone.model
             for n in self.adapters.trainable_names():
                 inner.get_parameter(n).requires_grad_(True)
-            if self.adapters.kind == "bottleneck":
-                for n in self._extra_trainable_modules():
-                    inner.get_submodule(n).requires_grad_(True)
         if self.head is not None:
             self.head.requires_grad_(True)
         if self.adapters is not None:
             self.adapters.report.trainable = self.num_trainable()
             self.adapters.report.total = self.num_parameters()
-
-    def _extra_trainable_modules(self) -> list[str]:
-        if not self.config.modules_to_save:
-            return []
-        return find_targets(self.backbone.model, suffixes=self.config.modules_to_save, types=(nn.Module,),
-                            what="modules_to_save")
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
@@ -433,11 +287,23 @@ class AdaptedModel(nn.Module):
     @contextmanager
     def adapters_disabled(self) -> Iterator[None]:
         """Run as the base model inside this block."""
-        self.disable_adapters()
-        try:
+        with self._need_adapters().disabled():
             yield
+
+    @contextmanager
+    def adapters_mixed(self, weights: dict[str, float]) -> Iterator[None]:
+        """Run with every adapter of ``weights`` at once, each weighted (LoRA only; see ``AdapterSet.mixed``)."""
+        adapters = self._need_adapters()
+        try:
+            with adapters.mixed(weights):
+                yield
         finally:
-            self.enable_adapters()
+            self._configure_trainable()
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether :meth:`merge_adapter` can fold the active adapter into the base weights."""
+        return self.adapters is not None and not self.merged and self.adapters.mergeable
 
     def merge_adapter(self) -> None:
         """Fold the active LoRA/DoRA/IA3 adapter into the base weights (for export); other adapters are dropped.
@@ -497,37 +363,6 @@ def _default_targets(backbone: nn.Module, method: str) -> tuple[str, ...]:
     raise AssertionError(method)
 
 
-def _build_head(backbone: nn.Module, cfg: AdaptConfig) -> nn.Module | None:
-    kind = cfg.head
-    if kind == "auto":
-        if cfg.labels:
-            kind = "classifier"
-        elif cfg.method == "features" or backbone.task == "encoder":
-            kind = "ctc"
-        else:
-            kind = "backbone"
-    if kind == "backbone":
-        if cfg.method == "features":
-            raise SpeechtlError("method 'features' trains a new head on a frozen backbone: use head=ctc or "
-                                "head=classifier (with labels)")
-        if backbone.task == "encoder":
-            raise SpeechtlError(f"{backbone.name} has no head of its own: use head=ctc or head=classifier")
-        return None
-    num_states = backbone.num_layers + 1
-    if kind == "ctc":
-        if cfg.head_layers < 0:
-            raise SpeechtlError(f"head_layers must be >= 0, got {cfg.head_layers}")
-        return CTCHead(backbone.hidden_size, num_states, weighted_layers=cfg.weighted_layers,
-                       lstm_layers=cfg.head_layers, lstm_hidden=cfg.head_hidden, dropout=cfg.head_dropout)
-    if kind == "classifier":
-        if not cfg.labels:
-            raise SpeechtlError("head=classifier needs labels=[...] (the class names, in output order)")
-        return ClassifierHead(backbone.hidden_size, num_states, cfg.labels, weighted_layers=cfg.weighted_layers,
-                              hidden=cfg.head_hidden, dropout=cfg.head_dropout, pooling=cfg.head_pooling,
-                              normalize=cfg.head_norm)
-    raise AssertionError(kind)
-
-
 def _inject(backbone: nn.Module, cfg: AdaptConfig) -> AdapterSet | None:
     if cfg.method not in ADAPTER_METHODS:
         stray = [k for k in ("target_modules", "target_regex", "target_layers", "modules_to_save") if getattr(cfg, k)]
@@ -546,7 +381,8 @@ def _inject(backbone: nn.Module, cfg: AdaptConfig) -> AdapterSet | None:
                            what=f"{cfg.method} on {backbone.name}")
     if cfg.method == "bottleneck":
         dim = cfg.bottleneck_dim or max(1, backbone.hidden_size // max(cfg.bottleneck_reduction, 1))
-        return BottleneckAdapters(model, targets, cfg.adapter_name, dim=dim, activation=cfg.bottleneck_activation)
+        return BottleneckAdapters(model, targets, cfg.adapter_name, dim=dim, activation=cfg.bottleneck_activation,
+                                  modules_to_save=cfg.modules_to_save or ())
     peft_cfg = make_peft_config(cfg.method, targets, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                 modules_to_save=cfg.modules_to_save, base_model_name=backbone.name)
     try:
@@ -567,17 +403,22 @@ def adapt(backbone: nn.Module, method: str = "lora", **config: Any) -> AdaptedMo
     from .adapters.io import weights_checksum
 
     cfg = make(AdaptConfig, {"method": method, **config}, where="adapt()")
-    if getattr(backbone, "_speechtl_adapted", None):
-        raise SpeechtlError(f"{backbone.name} was already adapted ({backbone._speechtl_adapted}); "
+    if adapted_with(backbone):
+        raise SpeechtlError(f"{backbone.name} was already adapted ({adapted_with(backbone)}); "
                             "create a fresh backbone for another adaptation")
     checksum = weights_checksum(backbone)
-    head = _build_head(backbone, cfg)
+    head = build_head(backbone, cfg)
     adapters = _inject(backbone, cfg)
     ref = next(backbone.parameters())
     if head is not None:
         head.to(device=ref.device)
     backbone._speechtl_adapted = cfg.method
     return AdaptedModel(backbone, cfg, head=head, adapters=adapters, base_checksum=checksum)
+
+
+def adapted_with(backbone: nn.Module) -> str | None:
+    """The method :func:`adapt` applied to ``backbone`` (modified in place), or None for a plain backbone."""
+    return getattr(backbone, "_speechtl_adapted", None)
 
 
 def injection_report(model: AdaptedModel) -> InjectionReport | None:

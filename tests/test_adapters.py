@@ -19,7 +19,7 @@ from speechtl.adapters import (
 )
 from speechtl.backbones import create_backbone
 from speechtl.errors import SpeechtlError
-from speechtl.transfer import adapt
+from speechtl.transfer import adapt, adapted_with
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -292,3 +292,164 @@ def test_trainable_parameter_counts(method, kwargs, expected):
     model = adapt(whisper(), method, **kwargs)
     assert model.num_trainable() == expected
     assert f"{expected:,} of" in model.summary()
+
+
+# -- the saved format: one reader, weights verified on every read ----------------------------------------
+
+
+def _saved_lora(tmp_path, name: str = "ad", seed: int = 0):
+    model = adapt(w2v(), "lora", lora_r=2)
+    _perturb(model, 0.1, seed=seed)
+    return model.save_adapter(tmp_path / name)
+
+
+def _damage(folder, how: str, tmp_path) -> None:
+    """``truncate`` the weights, ``flip`` one bit of a tensor, put ``another adapter``'s weights in their place,
+    or write ``another format`` (a torch pickle) under their name."""
+    weights = folder / "adapter.safetensors"
+    if how == "truncate":
+        with open(weights, "r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+    elif how == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-3] ^= 0x10  # inside the last tensor's values: the file still parses
+        weights.write_bytes(bytes(data))
+    elif how == "another adapter":
+        weights.write_bytes((_saved_lora(tmp_path, "other", seed=9) / "adapter.safetensors").read_bytes())
+    elif how == "another format":
+        torch.save({"adapter.default.x": torch.zeros(3)}, weights)
+    else:
+        raise AssertionError(how)
+
+
+def test_save_records_size_and_sha256_of_every_weights_file(tmp_path):
+    from speechtl.checksums import sha256_file
+
+    model = adapt(w2v(), "lora", lora_r=2)
+    model.add_adapter("second")
+    folder = model.save_adapter(tmp_path / "ad")
+    files = read_adapter_meta(folder)["files"]
+    assert sorted(files) == ["adapter.safetensors", "adapter_model.safetensors", "default/adapter_model.safetensors"]
+    for rel, entry in files.items():
+        assert entry == {"size": (folder / rel).stat().st_size, "sha256": sha256_file(folder / rel)}
+
+
+@pytest.mark.parametrize("how,says", [("truncate", "were saved (truncated"), ("flip", "sha256 differs"),
+                                      ("another adapter", "sha256 differs"), ("another format", "bytes, but")])
+def test_a_damaged_weights_file_is_one_error_naming_it_before_anything_is_built(tmp_path, how, says):
+    folder = _saved_lora(tmp_path)
+    _damage(folder, how, tmp_path)
+    backbone = w2v()
+    with pytest.raises(SpeechtlError) as caught:
+        load_adapter(backbone, folder)
+    message = str(caught.value)
+    assert str(folder / "adapter.safetensors") in message and says in message and "copy it again" in message
+    assert "\n" not in message
+    assert adapted_with(backbone) is None  # refused before the backbone was touched
+
+
+def _without_record(folder):
+    """The folder as an earlier version wrote it: no sizes or hashes in adapter.json."""
+    meta = json.loads((folder / "adapter.json").read_text())
+    del meta["files"]
+    (folder / "adapter.json").write_text(json.dumps(meta))
+
+
+def test_a_folder_without_a_record_loads_with_the_checks_it_had(tmp_path):
+    folder = _saved_lora(tmp_path)
+    _without_record(folder)
+    model = load_adapter(w2v(), folder)
+    want = load_file(folder / "adapter.safetensors")
+    assert all(torch.equal(v, want[f"adapter.default.{k}"]) for k, v in model.adapters.state("default").items())
+    for how in ("truncate", "another format"):  # what the safetensors header catches is still one error
+        _damage(folder, how, tmp_path)
+        with pytest.raises(SpeechtlError, match="adapter.safetensors: not a readable safetensors file"):
+            load_adapter(w2v(), folder)
+
+
+def test_a_damaged_adapter_json_is_one_error_naming_it(tmp_path):
+    folder = _saved_lora(tmp_path)
+    meta = json.loads((folder / "adapter.json").read_text())
+    del meta["base_checksum"]
+    (folder / "adapter.json").write_text(json.dumps(meta))
+    with pytest.raises(SpeechtlError, match=r"adapter.json: 'base_checksum' is missing"):
+        load_adapter(w2v(), folder)
+    (folder / "adapter.json").write_text("[1, 2]")
+    with pytest.raises(SpeechtlError, match="adapter.json: holds a JSON list"):
+        load_adapter(w2v(), folder)
+
+
+def _wav(path):
+    import soundfile as sf
+
+    sf.write(path, (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32), 16000)
+    return path
+
+
+def _foreign_base(folder, tmp_path) -> None:
+    """Replace ``folder`` by an adapter trained on other base weights."""
+    import shutil
+
+    shutil.rmtree(folder)
+    adapt(create_backbone("wav2vec2-tiny-random", seed=1), "lora", lora_r=2).save_adapter(folder)
+
+
+@pytest.mark.parametrize("tool", ["transcribe", "eval"])
+@pytest.mark.parametrize("how,says", [("truncate", "truncated"), ("flip", "sha256 differs"),
+                                      ("another base", "load it on the model it was trained on")])
+def test_cli_with_a_damaged_or_foreign_adapter_prints_one_error_line(tmp_path, capsys, monkeypatch, tool, how, says):
+    from speechtl.cli import eval as eval_cli
+    from speechtl.cli import transcribe as transcribe_cli
+
+    folder = _saved_lora(tmp_path)
+    if how == "another base":
+        _foreign_base(folder, tmp_path)
+    else:
+        _damage(folder, how, tmp_path)
+    clip = _wav(tmp_path / "a.wav")
+    monkeypatch.chdir(tmp_path)
+    if tool == "transcribe":
+        code = transcribe_cli.main(["wav2vec2-tiny-random", str(clip), "--adapter", str(folder), "--no-progress"])
+    else:
+        (tmp_path / "m.jsonl").write_text(json.dumps({"id": "u0", "audio": "a.wav", "text": "hi", "speaker": "s",
+                                                      "accent": "A"}) + "\n")
+        code = eval_cli.main(["--model", "wav2vec2-tiny-random", "--manifest", str(tmp_path / "m.jsonl"), "--adapter",
+                              str(folder), "--out", str(tmp_path / "out"), "--n-bootstrap", "10", "--no-progress"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert str(folder) in errors[0] and says in errors[0], errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+# -- adapter kinds answer one protocol ---------------------------------------------------------------------
+
+
+def test_adapter_kinds_say_what_trains_what_is_saved_and_whether_they_merge(tmp_path):
+    from speechtl.transfer import ADAPTER_KINDS
+
+    assert {m: k.mergeable for m, k in ADAPTER_KINDS.items()} == {"lora": True, "dora": True, "ia3": True,
+                                                                  "bottleneck": False}
+    lora = adapt(w2v(), "lora", lora_r=2)
+    assert lora.mergeable and lora.adapters.mixable and lora.adapters.shared_state() == {}
+
+    # A bottleneck set trains its modules_to_save beside the active adapter and saves them once, for all adapters.
+    backbone = w2v()
+    model = adapt(backbone, "bottleneck", modules_to_save=["final_layer_norm"])
+    assert not model.mergeable and not model.adapters.mixable
+    shared = model.adapters.shared_state()
+    assert sorted(shared) == [f"wav2vec2.encoder.layers.{i}.final_layer_norm.{k}" for i in (0, 1)
+                              for k in ("bias", "weight")]
+    assert {f"backbone.model.{k}" for k in shared} <= set(model.trainable_parameters())
+    with pytest.raises(SpeechtlError, match="cannot be merged"):
+        model.merge_adapter()
+    with pytest.raises(SpeechtlError, match="do not mix"), model.adapters_mixed({"default": 1.0}):
+        pass
+    _perturb(model, 0.2)
+    model.save_adapter(tmp_path / "ad")
+    saved = load_file(tmp_path / "ad" / "adapter.safetensors")
+    assert {k for k in saved if k.startswith("backbone.")} == {f"backbone.model.{k}" for k in shared}
+    assert not (tmp_path / "ad" / "adapter_model.safetensors").exists()  # no peft copy of a bottleneck set
+    loaded = load_adapter(w2v(), tmp_path / "ad")
+    for k, v in loaded.adapters.shared_state().items():
+        torch.testing.assert_close(v, shared[k])

@@ -228,7 +228,7 @@ def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _disk_full_in_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up in the middle of writing the first checkpoint."""
-    from speechtl import train
+    from speechtl import checkpoint as train
 
     class FullDisk:
         def __init__(self, f):

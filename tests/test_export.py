@@ -258,3 +258,20 @@ def test_packaged_tiny_en_runs_on_both_engines(shared_data):
     ct2_wer = jiwer.wer(refs, [norm(h) for h in speechtl.transcribe("whisper-tiny.en", paths, engine="ct2")])
     assert abs(torch_wer - ct2_wer) <= 0.01, (torch_wer, ct2_wer)
     assert ct2_wer < 0.06
+
+
+def test_a_damaged_adapter_is_refused_before_the_base_model_loads(lora, tmp_path, monkeypatch):
+    import shutil
+
+    _, adapter = lora
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter, copy)
+    weights = copy / "adapter.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size - 7)
+    monkeypatch.setattr(speechtl.backbones, "create_backbone", lambda *a, **k: pytest.fail("the base model loaded"))
+    with pytest.raises(SpeechtlError, match=r"adapter.safetensors: \d+ bytes, but \d+ were saved"):
+        export(None, tmp_path / "out", adapter=copy)
+    assert not (tmp_path / "out").exists()
+    info_sha = json.loads((adapter / "adapter.json").read_text())["files"]["adapter.safetensors"]["sha256"]
+    assert info_sha == sha256_file(adapter / "adapter.safetensors")

@@ -290,3 +290,22 @@ def test_cli_adapter_errors_are_one_line(setup, tmp_path, capsys, argv, message)
 def test_parse_adapter_specs(tmp_path):
     assert parse_adapter_specs([f"us={tmp_path}", f" gb = {tmp_path} "]) == {"us": str(tmp_path), "gb": str(tmp_path)}
     assert parse_adapter_specs(None) == {}
+
+
+@pytest.mark.parametrize("which", ["adapter", "shared classifier", "own classifier"])
+def test_a_damaged_routed_adapter_or_classifier_is_one_error_naming_its_file(setup, tmp_path, which):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(setup["clf_dir"] if "classifier" in which else setup["adapters"]["hiss"], folder)
+    weights = folder / "adapter.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    backbone = create_backbone(MODEL) if which != "own classifier" else create_backbone(MODEL, seed=1)
+    with pytest.raises(SpeechtlError) as caught:
+        if which == "adapter":
+            Router(backbone, {"hiss": folder, "hum": setup["adapters"]["hum"]})
+        else:  # the shared head reads this base; another base makes the classifier load its own
+            Router(backbone, {}, accent_classifier=folder)
+    assert f"{weights}: its sha256 differs" in str(caught.value) and "copy it again" in str(caught.value)

@@ -251,3 +251,17 @@ def test_config_keys_are_unique_and_adapt_keys_are_adapt_arguments():
     assert {"lr", "epochs", "max_steps", "batch_seconds", "eval_every", "seed", "lora_r", "lora_alpha",
             "target_modules", "short_clips", "warmup_steps", "grad_accum"} <= set(keys)
     assert "lora_r" in AdaptConfig.__dataclass_fields__
+
+
+def test_heads_live_in_their_module_and_build_as_adapt_builds_them():
+    from speechtl import heads, transfer
+
+    for name in ("CharVocab", "LayerMix", "CTCHead", "ClassifierHead", "build_head"):
+        assert getattr(transfer, name) is getattr(heads, name)
+    backbone = create_backbone("wav2vec2-tiny-random")
+    head = heads.build_head(backbone, AdaptConfig(method="features", labels=["a", "b"], head_pooling="stats"))
+    assert isinstance(head, heads.ClassifierHead) and head.labels == ["a", "b"] and head.pooling == "stats"
+    assert isinstance(heads.build_head(backbone, AdaptConfig(method="features")), heads.CTCHead)
+    assert heads.build_head(create_backbone("whisper-tiny-random"), AdaptConfig(method="lora")) is None
+    with pytest.raises(SpeechtlError, match="head=classifier needs labels"):
+        heads.build_head(backbone, AdaptConfig(method="features", head="classifier"))

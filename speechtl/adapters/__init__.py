@@ -1,9 +1,11 @@
-"""Adapters: inject by name (:mod:`.inject`), LoRA/DoRA/IA3 via peft (:mod:`.lora`), bottleneck
-adapters (:mod:`.bottleneck`), and saving/loading only what was trained (:mod:`.io`)."""
+"""Adapters: the contract every kind answers (:mod:`.base`), inject by name (:mod:`.inject`), LoRA/DoRA/IA3
+via peft (:mod:`.lora`), bottleneck adapters (:mod:`.bottleneck`), and the saved format, written and read
+in one place (:mod:`.io`)."""
 
+from .base import AdapterSet, InjectionReport
 from .bottleneck import Bottleneck, BottleneckAdapters, BottleneckLayer
-from .inject import AdapterModule, AdapterSet, InjectionReport, find_targets, get_adapter_params, parse_layers
-from .io import load_adapter, read_adapter_meta, save_adapter, weights_checksum
+from .inject import AdapterModule, find_targets, get_adapter_params, parse_layers
+from .io import SavedAdapter, load_adapter, read_adapter_meta, save_adapter, weights_checksum
 from .lora import PEFT_METHODS, PeftAdapters, make_peft_config
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "BottleneckLayer",
     "InjectionReport",
     "PeftAdapters",
+    "SavedAdapter",
     "find_targets",
     "get_adapter_params",
     "load_adapter",

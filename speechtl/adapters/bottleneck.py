@@ -12,14 +12,18 @@ through the active one.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Literal
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..errors import SpeechtlError
-from .inject import InjectionReport, count_parameters, replace_modules
+from .base import InjectionReport, running_as_base
+from .inject import count_parameters, find_targets, replace_modules
 
 Style = Literal["houlsby", "pfeiffer"]
 
@@ -120,17 +124,25 @@ def _out_features(module: nn.Module, name: str) -> int:
 class BottleneckAdapters:
     """Named bottleneck adapters injected into ``model`` at the modules ``targets`` (full names).
 
+    They are non-linear, so they neither merge into the base weights nor mix. Base modules named
+    by ``modules_to_save`` train beside the active adapter and are shared by every named adapter
+    (``shared_state``).
+
     Args:
         model: the module to adapt (modified in place).
         targets: full module names whose outputs get an adapter (see :func:`~speechtl.adapters.inject.find_targets`).
         name: the first adapter's name.
         dim: bottleneck width.
         activation: the adapter's non-linearity.
+        modules_to_save: name suffixes of whole base modules that train too (e.g. a layer norm).
     """
 
     kind = "bottleneck"
+    mergeable: ClassVar[bool] = False
+    mixable = False
 
-    def __init__(self, model: nn.Module, targets: list[str], name: str, *, dim: int, activation: str = "relu"):
+    def __init__(self, model: nn.Module, targets: list[str], name: str, *, dim: int, activation: str = "relu",
+                 modules_to_save: Sequence[str] = ()):
         if dim < 1:
             raise SpeechtlError(f"bottleneck width must be at least 1, got {dim}")
         self.model = model
@@ -138,6 +150,9 @@ class BottleneckAdapters:
         self.activation = activation
         self.targets = list(targets)
         replace_modules(model, self.targets, lambda n, m: BottleneckLayer(m, _out_features(m, n)))
+        # Found after the wrapping, so that the names are those of the adapted model.
+        self.saved_modules = find_targets(model, suffixes=modules_to_save, types=(nn.Module,),
+                                          what="modules_to_save") if modules_to_save else []
         self.names: list[str] = []
         self.active: str | None = None
         self.add(name)
@@ -171,6 +186,12 @@ class BottleneckAdapters:
     def enable(self) -> None:
         for _, layer in self._layers():
             layer.disabled = False
+
+    def disabled(self) -> AbstractContextManager[None]:
+        return running_as_base(self)
+
+    def mixed(self, weights: dict[str, float]) -> AbstractContextManager[None]:
+        raise SpeechtlError("bottleneck adapters do not mix (only LoRA's updates add up); use one at a time")
 
     def delete(self, name: str) -> None:
         if name not in self.names:
@@ -214,11 +235,19 @@ class BottleneckAdapters:
                                         f"this model needs {tuple(p.shape)}")
                 p.copy_(state[key])
 
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        return {f"{m}.{k}": v.detach() for m in self.saved_modules
+                for k, v in self.model.get_submodule(m).state_dict().items()}
+
+    def save_native(self, directory: str | os.PathLike) -> None:
+        """Nothing: bottleneck adapters have no other library's format."""
+
     def trainable_names(self) -> list[str]:
+        shared = [f"{m}.{n}" for m in self.saved_modules for n, _ in self.model.get_submodule(m).named_parameters()]
         if self.active is None:
-            return []
+            return shared
         return [f"{t}.adapters.{self.active}.{n}" for t, layer in self._layers()
-                for n, _ in layer.adapters[self.active].named_parameters()]
+                for n, _ in layer.adapters[self.active].named_parameters()] + shared
 
     def num_parameters(self, name: str | None = None) -> int:
         name = name or self.active

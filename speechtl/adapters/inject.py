@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..errors import SpeechtlError
+from .base import AdapterSet, InjectionReport
+
+__all__ = ["AdapterModule", "AdapterSet", "InjectionReport", "count_parameters", "find_targets", "get_adapter_params",
+           "layer_index", "parse_layers", "replace_modules", "set_requires_grad"]
 
 # A layer index inside a module name: ``...layers.3.``, ``...layer.3.``, ``...blocks.3.``, ``...h.3.``.
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|blocks|h)\.(\d+)(?:\.|$)")
@@ -32,22 +35,6 @@ class AdapterModule(Protocol):
     def adapter_params(self) -> list[str]:
         """Names, relative to this module, of the parameters that belong to adapters."""
         ...
-
-
-@dataclass
-class InjectionReport:
-    """What an injection did: replaced module names and parameter counts."""
-
-    method: str
-    replaced: list[str] = field(default_factory=list)
-    trainable: int = 0
-    total: int = 0
-
-    def __str__(self) -> str:
-        pct = 100.0 * self.trainable / max(self.total, 1)
-        shown = ", ".join(self.replaced[:4]) + (f", … ({len(self.replaced)} in all)" if len(self.replaced) > 4 else "")
-        return (f"{self.method}: {len(self.replaced)} modules ({shown}); "
-                f"{self.trainable:,} of {self.total:,} parameters train ({pct:.3f}%)")
 
 
 def parse_layers(spec: str | Sequence[int] | None) -> set[int] | None:
@@ -160,50 +147,3 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def set_requires_grad(params: Iterable[torch.Tensor], flag: bool) -> None:
     for p in params:
         p.requires_grad_(flag)
-
-
-class AdapterSet(Protocol):
-    """Named adapters of one kind living inside a model, one of them active at a time.
-
-    Implemented by :class:`speechtl.adapters.lora.PeftAdapters` (LoRA, DoRA, IA3) and
-    :class:`speechtl.adapters.bottleneck.BottleneckAdapters`.
-    """
-
-    kind: str
-    names: list[str]
-    active: str | None
-    report: InjectionReport
-
-    def add(self, name: str) -> None:
-        """Add a fresh adapter (same shape and targets as the first) and make it active."""
-        ...
-
-    def set_active(self, name: str) -> None:
-        """Route the forward pass through adapter ``name``; only its weights train."""
-        ...
-
-    def disable(self) -> None:
-        """Forward as the base model (adapters kept)."""
-        ...
-
-    def enable(self) -> None:
-        """Undo :meth:`disable`."""
-        ...
-
-    def delete(self, name: str) -> None:
-        ...
-
-    def merge(self) -> None:
-        """Fold the active adapter into the base weights and remove the adapter layers."""
-        ...
-
-    def state(self, name: str) -> dict[str, torch.Tensor]:
-        """Adapter ``name``'s weights under keys that do not contain the adapter's name."""
-        ...
-
-    def load_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
-        ...
-
-    def trainable_names(self) -> list[str]:
-        """Full parameter names (relative to the model the set was injected into) that train."""
-        ...

@@ -14,8 +14,10 @@ import copy
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from peft import IA3Config, LoraConfig, PeftConfig
@@ -25,8 +27,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import SpeechtlError
+from .base import InjectionReport, running_as_base
 from .bottleneck import FFN_OUTPUTS, check_adapter_name
-from .inject import InjectionReport
 
 PeftMethod = Literal["lora", "dora", "ia3"]
 PEFT_METHODS: tuple[str, ...] = ("lora", "dora", "ia3")
@@ -74,6 +76,10 @@ def make_peft_config(
 class PeftAdapters:
     """Named peft adapters (all of one config) injected in place into ``model``.
 
+    They merge into the base weights (``merge``); LoRA adapters also mix (``mixed``: each adapted
+    layer computes ``base(x) + sum_a w_a * B_a A_a x * scale_a``). peft keeps ``modules_to_save``
+    per adapter, so all trained tensors are some adapter's (``shared_state`` is empty).
+
     Args:
         model: the transformers model to adapt (modified in place; its parameter names gain
             ``.base_layer`` on the wrapped layers, as with peft).
@@ -82,9 +88,13 @@ class PeftAdapters:
         kind: ``lora``, ``dora`` or ``ia3``.
     """
 
+    mergeable: ClassVar[bool] = True
+
     def __init__(self, model: nn.Module, config: PeftConfig, name: str, kind: str):
         check_adapter_name(name)
         self.kind = kind
+        # DoRA rescales by the norm of the adapted weight and IA3 multiplies: only LoRA's updates add up linearly.
+        self.mixable = kind == "lora"
         self.model = model
         self.config = config
         tuner_cls = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type]
@@ -114,6 +124,36 @@ class PeftAdapters:
 
     def enable(self) -> None:
         self._tuner.enable_adapter_layers()
+
+    def disabled(self) -> AbstractContextManager[None]:
+        return running_as_base(self)
+
+    @contextmanager
+    def mixed(self, weights: dict[str, float]) -> Iterator[None]:
+        """Every adapter of ``weights`` active at once, each layer's scale multiplied by its adapter's weight."""
+        from peft.tuners.lora import LoraLayer
+
+        if not self.mixable:
+            raise SpeechtlError(f"{self.kind} adapters do not mix (only LoRA's updates add up); use one at a time")
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown:
+            raise SpeechtlError(f"no adapter named {unknown[0]!r}; adapters: {', '.join(self.names)}")
+        active = self.active
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        saved = [dict(m.scaling) for m in layers]
+        names = list(weights)
+        try:
+            for m in layers:
+                m.set_adapter(names, inference_mode=True)
+                for n, w in weights.items():
+                    if n in m.scaling:
+                        m.scaling[n] = m.scaling[n] * w
+            yield
+        finally:
+            for m, s in zip(layers, saved):
+                m.scaling.update(s)
+            if active is not None:
+                self.set_active(active)
 
     def delete(self, name: str) -> None:
         if name not in self.names:
@@ -156,11 +196,21 @@ class PeftAdapters:
                                     f"this model needs {tuple(own[key].shape)}")
         set_peft_model_state_dict(self._tuner, {"model." + k: v for k, v in state.items()}, adapter_name=name)
 
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
     def trainable_names(self) -> list[str]:
         if self.active is None:
             return []
         mark = re.compile(rf"(^|\.)(lora_\w+|ia3_\w+|modules_to_save)\.{re.escape(self.active)}(\.|$)")
         return [n for n, _ in self.model.named_parameters() if mark.search(n)]
+
+    def save_native(self, directory: str | os.PathLike) -> None:
+        """Every adapter in peft's layout: the active one at the top of ``directory``, the others in ``<name>/``
+        (as ``PeftModel.save_pretrained`` lays them out)."""
+        directory = Path(directory)
+        for name in self.names:
+            self.save_peft(name, directory if name == self.active else directory / name)
 
     def save_peft(self, name: str, directory: str | os.PathLike) -> None:
         """Write adapter ``name`` as peft does: ``adapter_model.safetensors`` + ``adapter_config.json``.
