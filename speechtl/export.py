@@ -29,7 +29,7 @@ from .checksums import verify_checksums, write_checksums
 from .errors import SpeechtlError
 
 if TYPE_CHECKING:
-    from .adapters.io import SavedAdapter
+    from .adapters.saved import SavedAdapter
 
 FORMATS = ("transformers", "ct2")
 QUANTIZATIONS = ("int8", "int8_float32", "float16", "float32")
@@ -76,7 +76,7 @@ def export(
     _check_out(out, model, adapter)
     saved = None
     if adapter is not None:
-        from .adapters.io import SavedAdapter
+        from .adapters.saved import SavedAdapter
 
         saved = SavedAdapter.read(adapter)
         _check_exportable(saved)

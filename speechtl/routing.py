@@ -191,7 +191,7 @@ def load_accent_classifier(directory: str | os.PathLike, *, backbone: nn.Module 
     equal to the classifier's, a ``features``-mode head is put on that backbone's encoder
     (``shared``); otherwise the classifier's own base model is built and loaded.
     """
-    from .adapters.io import SavedAdapter
+    from .adapters.saved import SavedAdapter
 
     saved = SavedAdapter.read(directory)
     head_desc = saved.head or {}
@@ -226,7 +226,8 @@ class Router:
 
     def __init__(self, backbone: nn.Module, adapters: Mapping[str, str | os.PathLike] | None = None,
                  accent_classifier: str | os.PathLike | AccentClassifier | nn.Module | None = None):
-        from .adapters.io import SavedAdapter, weights_checksum
+        from .adapters.io import weights_checksum
+        from .adapters.saved import SavedAdapter
         from .transfer import ADAPTER_METHODS, adapt, adapted_with
 
         if adapted_with(backbone):

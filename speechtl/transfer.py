@@ -55,7 +55,7 @@ class AdaptedModel(nn.Module):
 
     It offers the backbone's surface (``name``, ``modality``, ``sample_rate``, ``prepare``,
     ``encode``, ``generate``) so it can stand in for the backbone when transcribing.
-    Build it with :func:`adapt` (or :func:`speechtl.adapters.io.load_adapter`).
+    Build it with :func:`adapt` (or :func:`speechtl.adapters.load_adapter`).
     """
 
     def __init__(self, backbone: nn.Module, config: AdaptConfig, *, head: nn.Module | None,

@@ -46,7 +46,6 @@ def register_family(builder: Callable[..., Any], *, hub_prefixes: tuple[str, ...
 
 def list_backbones(pattern: str = "*") -> list[str]:
     """Registered names matching a glob ``pattern`` (hub ids and folders are not listed)."""
-    _load_families()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
@@ -56,7 +55,6 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
     Extra keyword arguments go to the family's builder (e.g. ``dtype``, ``vocab``).
     Raises :class:`ModelNotFoundError` listing close matches when nothing fits.
     """
-    _load_families()
     key = str(name)
     if key in _REGISTRY:
         return _REGISTRY[key](**kwargs)
@@ -85,8 +83,3 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
         f"unknown model {key!r}{hint} Give a name from speechtl.list_backbones(), a local model folder, "
         f"or a hub id starting with one of: {', '.join(p for p, _ in _HUB_FAMILIES)}"
     )
-
-
-def _load_families() -> None:
-    # Importing the family modules runs their @register_backbone decorators.
-    from . import image, text, wav2vec2, whisper  # noqa: F401
