@@ -207,9 +207,12 @@ def forgetting_dev_fn(
     The base model's WER on them (``source_wer_base``) is measured once: at the first evaluation
     with the adapters switched off, or right away for a model without adapters (full
     fine-tuning, before it trains). Added keys: ``source_wer``, ``source_wer_base`` and
-    ``forgetting`` = ``max(0, source_wer - source_wer_base)`` in WER points (percent), so the
-    training log shows forgetting at every evaluation.
+    ``forgetting`` = ``max(0, source_wer - source_wer_base)`` in WER points (percent;
+    :func:`speechtl.comparison.forgetting`, the definition a report comparison averages over the
+    non-target accents), so the training log shows forgetting at every evaluation.
     """
+    from .comparison import forgetting
+
     base: dict[str, float] = {}
 
     def score_base() -> None:
@@ -230,7 +233,7 @@ def forgetting_dev_fn(
         wer = float(source_fn(m)["wer"])
         out["source_wer"] = wer
         out["source_wer_base"] = base["wer"]
-        out["forgetting"] = max(0.0, wer - base["wer"]) * 100
+        out["forgetting"] = forgetting(base["wer"], wer)
         return out
 
     return fn

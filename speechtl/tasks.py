@@ -146,23 +146,26 @@ def asr_dev_fn(
 def classification_dev_fn(task: ClassificationTask, loader: Iterable[Batch]) -> Callable[[nn.Module], dict[str, float]]:
     """A ``dev_fn`` returning ``{"accuracy", "error", "loss", "utterances"}``.
 
-    ``error`` = 1 - accuracy, to minimise; ``loss`` is the mean cross-entropy, which breaks ties
-    between evaluations of equal accuracy (the more confident model is kept).
+    ``error`` = 1 - accuracy (:func:`speechtl.metrics.accuracy`), to minimise; ``loss`` is the mean
+    cross-entropy, which breaks ties between evaluations of equal accuracy (the more confident model is kept).
     """
+    from .metrics import accuracy
 
     @torch.no_grad()
     def dev_fn(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
-        right = total = 0
+        gold: list[int] = []
+        pred: list[int] = []
         nll = 0.0
         for batch in loader:
             batch = _to(batch, device)
             logits = model.classify(batch["inputs"], batch["lengths"]).float()
             labels = batch["labels"]
-            right += int((logits.argmax(-1) == labels).sum())
+            gold += labels.tolist()
+            pred += logits.argmax(-1).tolist()
             nll += float(F.cross_entropy(logits, labels, reduction="sum"))
-            total += len(labels)
-        acc = right / max(total, 1)
+        total = len(gold)
+        acc = accuracy(gold, pred) if total else 0.0
         return {"accuracy": acc, "error": 1.0 - acc, "loss": nll / max(total, 1), "utterances": total}
 
     return dev_fn

@@ -288,6 +288,162 @@ def test_single_speaker_groups_get_no_interval_or_p_value():
     assert solo.delta == pytest.approx(-0.2) and solo.p_value is None and not solo.significant
 
 
+# -- the split modules, one forgetting, one set of classification metrics ---------------------
+
+
+def test_moved_names_still_import_from_evaluate_and_the_module_stays_callable():
+    import speechtl
+    from speechtl import comparison, render, report, stats
+
+    for name in ("bootstrap_ci", "bootstrap_wers", "paired_bootstrap", "PairedResult", "CI_LEVEL", "N_BOOTSTRAP"):
+        assert getattr(ev, name) is getattr(stats, name)
+    for name in ("UtteranceRecord", "GroupStats", "MacroStats", "Report", "summarize", "speaker_totals", "compare",
+                 "Comparison", "AccentChange", "forgetting"):
+        assert getattr(ev, name) is getattr(report, name)
+    assert report.compare is comparison.compare and ev._system_name is render.system_name
+    utts = make_utts({"US": 2}, per_speaker=2)
+    rep = speechtl.evaluate("fake", utts, transcriber=corrupt({"US": 1}), n_bootstrap=20)
+    assert isinstance(rep, Report) and rep.overall.wer == pytest.approx(0.1)
+    assert rep.to_markdown() == render.report_markdown(rep) and rep.format_table() == render.report_table(rep)
+
+
+def test_forgetting_is_one_definition_for_reports_and_training():
+    import torch
+
+    from speechtl.replay import forgetting_dev_fn
+    from speechtl.report import forgetting
+
+    assert forgetting(0.10, 0.15) == pytest.approx(5.0) and forgetting(0.20, 0.10) == 0.0
+    utts = make_utts({"US": 2, "Scottish": 2, "Welsh": 2})
+    base = evaluate("b", utts, transcriber=corrupt({"US": 1, "Scottish": 4, "Welsh": 3}), n_bootstrap=20)
+    new = evaluate("a", utts, transcriber=corrupt({"US": 3, "Scottish": 1, "Welsh": 2}), n_bootstrap=20,
+                   target_accent="Scottish")
+    c = new.compare(base)
+    per_accent = [forgetting(a.wer_base, a.wer_adapted) for a in c.accents if not a.target]
+    assert per_accent == [pytest.approx(20.0), 0.0] and c.forgetting_points == pytest.approx(10.0)
+    # Training-time dev evaluation: the same function on the held-apart source utterances.
+    wers = iter([0.20, 0.25, 0.15])
+    fn = forgetting_dev_fn(None, lambda m: {"wer": next(wers)}, torch.nn.Linear(1, 1))  # base scored first
+    assert fn(None)["forgetting"] == pytest.approx(forgetting(0.20, 0.25)) == pytest.approx(5.0)
+    assert fn(None)["forgetting"] == 0.0
+
+
+def test_classification_metrics_have_one_implementation():
+    from speechtl.data.classify import classification_metrics
+    from speechtl.metrics import accuracy, confusion_matrix, macro_f1, per_class_recall
+    from speechtl.routing import accent_id_scores
+
+    gold, pred = ["a", "a", "b", "c"], ["a", "b", "b", "a"]
+    assert accuracy(gold, pred) == 0.5
+    assert confusion_matrix(gold, pred, ["a", "b"], rows=["a", "b", "c"]) == [[1, 1], [0, 1], [1, 0]]
+    assert per_class_recall(gold, pred, ["a", "b", "c", "d"]) == {"a": 0.5, "b": 1.0, "c": 0.0, "d": None}
+    m = classification_metrics(gold, pred)
+    assert m["accuracy"] == 0.5 and m["macro_f1"] == pytest.approx(macro_f1(gold, pred))
+    r = accent_id_scores(gold, pred, ["a", "b"])
+    assert r.accuracy == 0.5 and r.confusion == [[1, 1], [0, 1], [1, 0]] and r.recall["c"] == 0.0
+    with pytest.raises(SpeechtlError, match=r"accent\(s\) z are not among the labels"):
+        accent_id_scores(["a"], ["z"], ["a", "b"])
+    with pytest.raises(ValueError, match="no examples"):
+        accuracy([], [])
+
+
+# -- routing reaches evaluation as one object -------------------------------------------------
+
+
+def test_routing_settings_are_checked_before_any_model_loads():
+    from speechtl.evaluate import Routing
+
+    fake = object()  # never used: every call below is refused first
+    with pytest.raises(SpeechtlError, match="route_by='file'"):
+        Routing(fake, by="file")
+    with pytest.raises(SpeechtlError, match="route_by='speaker'.*route='auto'"):
+        Routing(fake, route="hum", by="speaker")
+    with pytest.raises(SpeechtlError, match="needs route 'auto'"):
+        Routing(fake, route="hum", soft=True)
+    utts = make_utts({"US": 2}, per_speaker=1)
+    with pytest.raises(SpeechtlError, match="not a transcriber"):
+        evaluate("m", utts, router=Routing(fake), transcriber=corrupt({}))
+    with pytest.raises(SpeechtlError, match="either adapter"):
+        evaluate("m", utts, router=Routing(fake), adapter="some/adapter")
+    with pytest.raises(SpeechtlError, match="already holds the adapters"):
+        evaluate("m", utts, router=Routing(fake), adapters={"US": "some/adapter"})
+    with pytest.raises(SpeechtlError, match="set them there"):
+        evaluate("m", utts, router=Routing(fake), route="none")
+    with pytest.raises(SpeechtlError, match="route_by='speaker'"):
+        evaluate("m", utts, route_by="speaker", transcriber=corrupt({}))
+
+
+def test_evaluate_takes_a_built_router_and_the_old_keywords_build_the_same(tmp_path, monkeypatch):
+    """router= (a Routing, or a bare Router) routes as transcribe(adapters=...) does; so do the old keywords."""
+    import soundfile as sf
+    import torch
+
+    from speechtl.backbones import create_backbone
+    from speechtl.evaluate import Routing
+    from speechtl.routing import AccentClassifier, get_router
+    from speechtl.transcribe import transcribe
+    from speechtl.transfer import adapt
+
+    model_name = "wav2vec2-tiny-random"
+    adapters = {}
+    for k, accent in enumerate(("hiss", "hum")):
+        lora = adapt(create_backbone(model_name), "lora", lora_r=4)
+        gen = torch.Generator().manual_seed(k + 1)
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        adapters[accent] = str(lora.save_adapter(tmp_path / accent))
+
+    class Fixed(AccentClassifier):
+        """Probabilities by loudness: quiet clips are "hiss"; records what it was asked to classify."""
+
+        def __init__(self):
+            self.labels, self.shared, self.seen = ["hiss", "hum"], False, []
+
+        def probabilities(self, waves, **_):
+            self.seen += [len(w) for w in waves]
+            return np.array([[0.9, 0.1] if np.abs(w).mean() < 0.1 else [0.2, 0.8] for w in waves])
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    waves = [(0.05 * rng.standard_normal(16000)).astype(np.float32) if k % 2 == 0
+             else (0.5 * np.sin(2 * np.pi * 250 * t)).astype(np.float32) for k in range(4)]
+    waves.append(np.tile(waves[1], 31))  # 31 s: classified on its 30-s pieces
+    utts = []
+    for k, w in enumerate(waves):
+        sf.write(tmp_path / f"u{k}.wav", w, 16000)
+        utts.append(Utterance(id=f"u{k}", audio=str(tmp_path / f"u{k}.wav"), text="a b", speaker=f"s{k}",
+                              accent="hum" if k % 2 else "hiss"))
+    clf = Fixed()
+    backbone = create_backbone(model_name)
+    texts, routes = transcribe(backbone, waves[:4], adapters=adapters, accent_classifier=clf, return_routes=True,
+                               progress=False)
+    assert [r.name for r in routes] == ["hiss", "hum", "hiss", "hum"]
+    assert texts[0] != transcribe(backbone, waves[:1], adapters=adapters, accent_classifier=clf, route="hum",
+                                  progress=False)[0]
+    clf.seen.clear()
+    router = get_router(backbone, adapters, clf)  # the one transcribe built and keeps on the backbone
+    rep = evaluate(None, utts, router=Routing(router, classifier_name="loudness"), progress=False, n_bootstrap=10)
+    assert [r.score.hyp for r in rep.utterances[:4]] == texts
+    assert [(r.route, r.route_prob) for r in rep.utterances[:4]] == [(r.name, r.prob) for r in routes]
+    # The long one: two pieces of at most 30 s, their evidence pooled into one route.
+    assert max(clf.seen) <= 30 * 16000 and len(clf.seen) == 4 + 2 and rep.utterances[4].route == "hum"
+    assert rep.meta["accent_classifier"] == "loudness" and rep.meta["model"] == model_name
+    assert set(rep.meta["adapters"]) == {"hiss", "hum"} and rep.meta["route"] == "auto"
+    # The old keywords build (here: find) the same router once.
+    old = evaluate(backbone, utts, adapters=adapters, accent_classifier=clf, progress=False, n_bootstrap=10)
+    assert [r.to_json() for r in old.utterances] == [r.to_json() for r in rep.utterances]
+    assert old.meta["accent_classifier"] == "Fixed"
+    # A bare Router: the keywords say how to route with it.
+    fixed = evaluate(backbone, utts, router=router, route="hum", progress=False, n_bootstrap=10)
+    assert [r.route for r in fixed.utterances] == ["hum"] * 5
+    assert [r.score.hyp for r in fixed.utterances] == transcribe(backbone, waves, adapters=adapters,
+                                                                 accent_classifier=clf, route="hum", progress=False)
+    with pytest.raises(SpeechtlError, match="another model object"):
+        evaluate(create_backbone(model_name), utts, router=router, progress=False)
+
+
 @pytest.mark.slow  # building even a tiny wav2vec2 takes seconds to tens of seconds on 2 cores
 def test_evaluate_with_a_real_backbone_and_segments(sine_wav):
     """The model path end to end (tiny random wav2vec2): a segment is cut by offset/duration first."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import SpeechtlError
 from ..wer import NORMALIZERS
 from ._common import add_common_args, out_in_use, run_cli
-from .transcribe import add_routing_args, routing_kwargs
+from ._routing import add_routing_args, routing_kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,33 +69,35 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..evaluate import Report, _system_name, evaluate
+    from ..evaluate import Report, Routing, evaluate
     from ..plots import plot_learning_curves
+    from ..render import forgetting_line, system_name
 
     out = Path(args.out)
     _prepare_out(out, overwrite=args.overwrite)
     baseline = Report.load(args.baseline) if args.baseline else None  # fail before transcribing
-    routing = routing_kwargs(args)
+    routing = routing_kwargs(args)  # bad --adapters fail before the model loads
+    router = None
     if routing:
-        routing.pop("return_routes")
-        routing["soft_route"] = routing.pop("soft")
-    splits = _split_list(args.splits) or None
+        router = Routing.build(args.model, routing["adapters"], routing["accent_classifier"], route=routing["route"],
+                               min_prob=routing["min_prob"], soft=routing["soft"],
+                               by=routing.get("route_by", "utterance"), device=args.device)
     start = time.perf_counter()
     report = evaluate(
         args.model,
         args.manifest,
         adapter=args.adapter,
+        router=router,
         normalizer=args.normalizer,
         batch_size=args.batch_size,
         beam_size=args.beam_size,
         heldout_accents=_split_list(args.heldout_accents),
         target_accent=args.target_accent,
         progress=not args.no_progress,
-        splits=splits,
+        splits=_split_list(args.splits) or None,
         n_bootstrap=args.n_bootstrap,
         seed=args.seed,
         device=args.device,
-        **routing,
     )
     elapsed = time.perf_counter() - start
     comparison = report.compare(baseline) if baseline is not None else None
@@ -105,17 +107,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics:
         plot_learning_curves(args.metrics, out / "learning_curves.png")
 
-    system = _system_name(report.meta)
-    print(f"{system} on {args.manifest} (normaliser {report.normalizer}, {elapsed:.1f} s)")
+    print(f"{system_name(report.meta)} on {args.manifest} (normaliser {report.normalizer}, {elapsed:.1f} s)")
     print(report.format_table(comparison))
-    if routing:
+    if router is not None:
         print("routes: " + ", ".join(f"{name} {n}" for name, n in report.route_counts().items()))
     if comparison is not None:
-        if comparison.forgetting_points is not None:
-            print(f"forgetting: {comparison.forgetting_points:.2f} points (mean over non-target accents of "
-                  f"max(0, WER change); mean signed change {comparison.mean_change_non_target_points:+.2f})")
-        else:
-            print("forgetting: not defined (no accent other than the target)")
+        print(forgetting_line(comparison))
     if report.empty_refs:
         print(f"note: {report.empty_refs} utterance(s) with an empty normalised reference are not scored")
     written = ["report.json", "utterances.jsonl", "wer_per_accent.png"]

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -227,20 +226,12 @@ class ClassifyTask(ClassificationTask):
 
 def classification_metrics(gold: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
     """Accuracy and macro-F1 (unweighted mean of per-class F1 over classes seen in ``gold`` or ``pred``,
-    as scikit-learn's ``f1_score(average="macro")``; a class with no true or predicted example scores 0)."""
-    if len(gold) != len(pred):
-        raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
-    if not gold:
-        raise ValueError("no examples to score")
-    g, p = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
-    f1s = []
-    for c in sorted(set(gold) | set(pred)):
-        tp = float(np.sum((g == c) & (p == c)))
-        fp = float(np.sum((g != c) & (p == c)))
-        fn = float(np.sum((g == c) & (p != c)))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0)
-    acc = float(np.mean(g == p))
-    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)), "error": 1.0 - acc, "examples": float(len(gold))}
+    as scikit-learn's ``f1_score(average="macro")``; a class with no true or predicted example scores 0);
+    computed by :mod:`speechtl.metrics`."""
+    from ..metrics import accuracy, macro_f1
+
+    acc = accuracy(gold, pred)
+    return {"accuracy": acc, "macro_f1": macro_f1(gold, pred), "error": 1.0 - acc, "examples": float(len(gold))}
 
 
 @torch.no_grad()
