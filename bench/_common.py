@@ -181,7 +181,6 @@ def finish(result: dict[str, Any], path: Path, summary: str) -> None:
     from speechtl.fileio import atomic_write_text
 
     result["machine"]["load_average_after"] = load_average()
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     print(f"{summary}; wrote {path}")
 

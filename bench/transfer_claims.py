@@ -53,6 +53,7 @@ from speechtl.data.classify import (
     stratified_subset,
     write_classify_manifest,
 )
+from speechtl.fileio import atomic_write_text
 from speechtl.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,14 +213,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def run_experiment(name: str, args: argparse.Namespace) -> dict[str, Any]:
     spec = EXPERIMENTS[name]
     if args.image_size is not None and "image_size" in spec["backbone_kwargs"]:
@@ -262,8 +255,8 @@ def run_experiment(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "verdict_5pct": verdict(rows, [ex.label for ex in test_set], 0.05),
         "total_seconds": round(time.time() - t0, 1),
     }
-    write_atomic(args.out / f"transfer_{name}{args.suffix}.json", json.dumps(result, indent=2) + "\n")
-    write_atomic(args.out / f"transfer_{name}{args.suffix}.md", markdown(result))
+    atomic_write_text(args.out / f"transfer_{name}{args.suffix}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out / f"transfer_{name}{args.suffix}.md", markdown(result))
     return result
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import SpeechtlError
+from .fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from .data.manifest import Utterance
@@ -234,7 +235,7 @@ def write_lexicon(
             written += 1
             continue
         skipped += 1
-    Path(path).write_text("".join(lines), encoding="utf-8")
+    atomic_write_text(Path(path), "".join(lines))
     return written, skipped
 
 
@@ -347,7 +348,6 @@ def build_arpa(
             prob[k][g] = max(a - discount, 0.0) / ctx_total[h] + backoff[k - 1][h] * lower(g[1:])
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["", "\\data\\"]
     entries: list[list[tuple[tuple, float]]] = [[] for _ in range(order + 1)]
     entries[1] = sorted(prob[1].items()) + [((BOS,), -math.inf)]
@@ -364,15 +364,7 @@ def build_arpa(
                 line += f"\t{math.log10(backoff[k][g]):.6f}"
             lines.append(line)
     lines += ["", "\\end\\", ""]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines))
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(out, "\n".join(lines))
     return out
 
 

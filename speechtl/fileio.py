@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -71,3 +74,65 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def staging_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
+    """A fresh hidden folder ``.<name>.XXXX.tmp`` beside ``final_dir``, removed on exit.
+
+    Beside, so that :func:`atomic_replace_dir` can rename it onto ``final_dir`` (same filesystem).
+    It gets the permissions a plain ``mkdir`` would give, not ``mkdtemp``'s private 0700.
+    """
+    final_dir = Path(final_dir)
+    try:
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+        default_permissions(tmp)
+    except OSError as e:
+        raise SpeechtlError(
+            f"cannot create a folder next to {final_dir} ({e.strerror}); choose a writable location."
+        ) from e
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, *, overwrite: bool = False) -> bool:
+    """Move the finished folder ``tmp_dir`` to ``final_dir`` in one rename, after flushing it to disk.
+
+    Returns False when ``final_dir`` appeared, non-empty, in the meantime and ``overwrite`` is False
+    (``tmp_dir`` is left for the caller to discard). With ``overwrite`` an existing ``final_dir`` is
+    moved aside first and deleted after the rename; if the rename fails it is put back.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    _fsync_tree(tmp_dir)
+    old = None
+    if overwrite and final_dir.exists():
+        old = final_dir.parent / f".{final_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+        os.rename(final_dir, old)
+    try:
+        # rename() onto an empty folder replaces it and fails on a non-empty one: that is the race check.
+        os.rename(tmp_dir, final_dir)
+    except OSError as e:
+        if old is not None:
+            os.rename(old, final_dir)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise SpeechtlError(f"cannot move the finished folder to {final_dir} ({e.strerror}); free disk space "
+                            "or choose another folder, then run again.") from e
+    _fsync_dir(final_dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpeechtlError
+from .fileio import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .evaluate import Report
+    from .report import Report
 
 _BASE_COLOR = "#9e9e9e"
 _ADAPTED_COLOR = "#1f77b4"
@@ -200,14 +200,5 @@ def _system_label(report: Report, default: str) -> str:
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(out, lambda f: fig.savefig(f, format="png"), what="the plot")
     return out

@@ -12,6 +12,7 @@ times (:class:`~speechtl.segments.Transcript`).
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -255,6 +256,46 @@ def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, seq2seq:
                              encoder_states=memory[sel])
 
     return decode_with_fallback(decode, len(waves), opts)
+
+
+OUTPUT_FORMATS = ("tsv", "json", "srt", "vtt")
+
+
+def load_model(name: str, *, engine: str = "torch", device: str | None = None, compute_type: str = "default",
+               bf16: bool = False):
+    """The model :func:`transcribe` runs, loaded as ``speechtl-transcribe`` loads it.
+
+    ``engine="torch"``: a backbone (:func:`~speechtl.create_backbone`), in bfloat16 with ``bf16``;
+    ``engine="ct2"``: a CTranslate2 Whisper folder or packaged name at ``compute_type``. ``device``
+    defaults to cuda when available.
+    """
+    if engine not in ENGINES:
+        raise SpeechtlError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if engine == "ct2":
+        if bf16:
+            raise SpeechtlError("--bf16 is for --engine torch; with ct2 give --compute-type float16 or bfloat16")
+        return Ct2Whisper(name, device=device, compute_type=compute_type)
+    if compute_type != "default":
+        raise SpeechtlError("--compute-type is for --engine ct2; with torch use --bf16 (CUDA)")
+    return create_backbone(name, **({"dtype": torch.bfloat16} if bf16 else {})).to(device)
+
+
+def format_transcript(path: str, t: Transcript, fmt: str = "tsv") -> str:
+    """One input's transcript as ``speechtl-transcribe`` prints it (``fmt`` of :data:`OUTPUT_FORMATS`), newline-ended.
+
+    ``tsv``: ``path<TAB>text``, plus ``<TAB>route`` when routed; ``json``: one line
+    ``{path, text, duration, segments, ...}``; ``srt``/``vtt``: subtitles, one cue per segment.
+    """
+    from .subtitles import RENDERERS
+
+    if fmt in RENDERERS:
+        return RENDERERS[fmt](t)
+    if fmt == "json":
+        return json.dumps({"path": path, **t.to_json()}, ensure_ascii=False) + "\n"
+    if fmt != "tsv":
+        raise SpeechtlError(f"output format {fmt!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    return f"{path}\t{t.text}" + (f"\t{t.route.name}" if t.route is not None else "") + "\n"
 
 
 from ._callable import callable_module  # noqa: E402

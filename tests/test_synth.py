@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from speechtl.cli.corpus import main as corpus_main
-from speechtl.data import read_manifest, synth, validate_manifest
+from speechtl.data import read_manifest, synth, synth_voices, validate_manifest
 from speechtl.data.synth import (
     EngineMissingWarning,
     SynthError,
@@ -35,7 +35,7 @@ SENTENCES = [f"{s} {i}" for i, s in enumerate(SENTENCES)]
 @pytest.fixture
 def all_voices_installed(monkeypatch):
     """Plan as if every engine and voice were installed (planning runs no engine)."""
-    monkeypatch.setattr(synth, "_voice_missing", lambda voice: None)
+    monkeypatch.setattr(synth_voices, "voice_missing", lambda voice: None)
 
 
 def test_l1_transfer_rules():
@@ -114,26 +114,26 @@ def test_plan_rejects_bad_arguments(all_voices_installed, tmp_path):
 
 
 def test_missing_engine_is_skipped_with_a_warning_and_empty_accent_is_an_error(monkeypatch, tmp_path):
-    real_missing = synth._voice_missing
+    real_missing = synth_voices.voice_missing
 
     def fake_missing(voice):
         if voice.engine in ("flite", "rhvoice"):
             return f"engine {voice.engine!r}: program not found"
         return None
 
-    monkeypatch.setattr(synth, "_voice_missing", fake_missing)
+    monkeypatch.setattr(synth_voices, "voice_missing", fake_missing)
     with pytest.warns(EngineMissingWarning) as caught:
         jobs = plan_corpus(tmp_path, ["us", "scottish", "gb"], 10, sentences=SENTENCES)
     assert any("'flite'" in str(w.message) and "'scottish'" in str(w.message) for w in caught)
     assert not {j.speaker.voice.engine for j in jobs} & {"flite", "rhvoice"}
     assert {j.speaker.voice.engine for j in jobs if j.accent == "scottish"} == {"espeak"}
 
-    monkeypatch.setattr(synth, "_voice_missing", lambda v: "gone" if v.engine == "rhvoice" or v.l1 else None)
+    monkeypatch.setattr(synth_voices, "voice_missing", lambda v: "gone" if v.engine == "rhvoice" or v.l1 else None)
     with pytest.warns(EngineMissingWarning), pytest.raises(SynthError, match="'russian' has no installed voice"):
         plan_corpus(tmp_path, ["us", "russian"], 10, sentences=SENTENCES)
 
     monkeypatch.setattr(synth.shutil, "which", lambda name: None)
-    monkeypatch.setattr(synth, "_voice_missing", real_missing)
+    monkeypatch.setattr(synth_voices, "voice_missing", real_missing)
     with pytest.raises(SynthError, match="sox"):
         build_corpus(tmp_path, ["us", "gb"], 2, sentences=SENTENCES)
 

@@ -23,10 +23,11 @@ import torch
 from peft import IA3Config, LoraConfig, PeftConfig
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from ..errors import SpeechtlError
+from ..fileio import atomic_write, atomic_write_text
 from .base import InjectionReport, running_as_base
 from .bottleneck import FFN_OUTPUTS, check_adapter_name
 
@@ -221,15 +222,11 @@ class PeftAdapters:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {"base_model.model." + k: v.contiguous().cpu() for k, v in self.state(name).items()}
-        tmp = directory / ".adapter_model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, directory / "adapter_model.safetensors")
+        atomic_write(directory / "adapter_model.safetensors", lambda f: f.write(save(state, metadata={"format": "pt"})))
         config = copy.deepcopy(self._tuner.peft_config[name])
         config.inference_mode = True
         cfg = config.to_dict()
         for key, value in cfg.items():  # sets are not JSON
             if isinstance(value, set):
                 cfg[key] = sorted(value)
-        tmp = directory / ".adapter_config.json.tmp"
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, directory / "adapter_config.json")
+        atomic_write_text(directory / "adapter_config.json", json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")

@@ -8,9 +8,11 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from ..errors import SpeechtlError
 
+T = TypeVar("T")
 EXIT_USAGE = 2
 # OSErrors the user fixes (space, quota, permissions, a read-only disk), not bugs: one line, no traceback.
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -23,6 +25,34 @@ def out_in_use(out: os.PathLike) -> bool:
     if not os.path.isdir(out):
         raise SpeechtlError(f"--out {out} is a file; give a folder")
     return any(os.scandir(out))
+
+
+def call_printing_warnings(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, then every warning it raised (repeats too) as one ``warning: ...`` line on stderr.
+
+    Printed after the call, so they do not tear a progress bar, and in full even with ``--debug``.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return result
+
+
+def comma_list(value: str) -> list[str]:
+    """An argparse ``type``: ``"us, gb,,german"`` -> ``["us", "gb", "german"]``."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def comma_list_or_none(value: str) -> list[str]:
+    """:func:`comma_list`, where ``none`` is the empty list."""
+    return [] if value.lower() == "none" else comma_list(value)
+
+
+def name_or_none(value: str) -> str | None:
+    """An argparse ``type``: the value, or None for ``none``."""
+    return None if value.lower() == "none" else value
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

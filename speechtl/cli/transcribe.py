@@ -18,17 +18,17 @@ classifier's evidence pooled over every file.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-from pathlib import Path
 
 from ..decoding import DecodeOptions
 from ..errors import SpeechtlError
 from ..fileio import atomic_write_text
 from ..segments import LONG_FORM_LIMIT
 from ._common import add_common_args, run_cli
+from ._routing import add_routing_args, routing_kwargs
+
+__all__ = ["add_routing_args", "build_parser", "decode_options", "main", "routing_kwargs"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,13 +81,9 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
+    from ..subtitles import subtitle_paths
+    from ..transcribe import format_transcript, load_model, transcribe
 
-    from ..engines import ENGINES
-    from ..transcribe import transcribe
-
-    if args.engine not in ENGINES:
-        raise SpeechtlError(f"--engine {args.engine}: choose one of {', '.join(ENGINES)}")
     if args.engine == "ct2" and (args.adapter or args.adapters or args.accent_classifier):
         raise SpeechtlError("the ct2 engine runs exported models: export the adapted model first "
                             "(speechtl-export --adapter DIR --format ct2), or use --engine torch for adapters")
@@ -96,21 +92,10 @@ def _run(args: argparse.Namespace) -> int:
     routing.pop("return_routes", None)
     if routing.pop("route_by", None) == "all":
         routing["speakers"] = ["all"] * len(args.files)
-    subtitles = "srt" if args.srt else "vtt" if args.vtt else None
-    targets = _subtitle_paths(args, subtitles)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.engine == "ct2":
-        if args.bf16:
-            raise SpeechtlError("--bf16 is for --engine torch; with ct2 give --compute-type float16 or bfloat16")
-        from ..engines import Ct2Whisper
-
-        model = Ct2Whisper(args.model, device=device, compute_type=args.compute_type)
-    else:
-        if args.compute_type != "default":
-            raise SpeechtlError("--compute-type is for --engine ct2; with torch use --bf16 (CUDA)")
-        from .. import create_backbone
-
-        model = create_backbone(args.model, **({"dtype": torch.bfloat16} if args.bf16 else {})).to(device)
+    fmt = "srt" if args.srt else "vtt" if args.vtt else "json" if args.json else "tsv"
+    targets = subtitle_paths(args.files, fmt, args.out_dir, overwrite=args.overwrite)
+    model = load_model(args.model, engine=args.engine, device=args.device, compute_type=args.compute_type,
+                       bf16=args.bf16)
     start = time.perf_counter()
     results = transcribe(model, args.files, batch_size=args.batch_size, adapter=args.adapter,
                          max_seconds=args.max_seconds, decode_options=opts, engine=args.engine,
@@ -118,98 +103,15 @@ def _run(args: argparse.Namespace) -> int:
                          progress=False if args.no_progress else None, **routing)
     elapsed = time.perf_counter() - start
     for path, t in zip(args.files, results):
-        if subtitles:
-            from ..subtitles import RENDERERS
-
-            text = RENDERERS[subtitles](t)
-            if targets:
-                atomic_write_text(targets[path], text)
-                print(f"wrote {targets[path]}", file=sys.stderr)
-            else:
-                print(text, end="")
-        elif args.json:
-            print(json.dumps({"path": path, **t.to_json()}, ensure_ascii=False))
+        text = format_transcript(path, t, fmt)
+        if path in targets:
+            atomic_write_text(targets[path], text)
+            print(f"wrote {targets[path]}", file=sys.stderr)
         else:
-            print(f"{path}\t{t.text}" + (f"\t{t.route.name}" if t.route is not None else ""))
+            print(text, end="")
     audio = sum(t.duration for t in results)
     print(f"transcribed {len(results)} file(s), {audio:.1f} s of audio, in {elapsed:.1f} s", file=sys.stderr)
     return 0
-
-
-def _subtitle_paths(args: argparse.Namespace, kind: str | None) -> dict[str, Path]:
-    """Where --out-dir puts each file's subtitles; refuses clashes and existing files (without --overwrite)."""
-    if args.out_dir and not kind:
-        raise SpeechtlError("--out-dir is for --srt or --vtt; without them transcripts print to stdout")
-    if not kind:
-        return {}
-    if not args.out_dir:
-        if len(args.files) > 1:
-            raise SpeechtlError(f"--{kind} with {len(args.files)} files: give --out-dir DIR to write one file each")
-        return {}
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise SpeechtlError(f"--out-dir {out} is a file; give a folder")
-    targets = {f: out / f"{Path(f).stem}.{kind}" for f in args.files}
-    seen: dict[Path, str] = {}
-    for f, t in targets.items():
-        if t in seen:
-            raise SpeechtlError(f"{f} and {seen[t]} would both write {t}; transcribe them in separate runs")
-        seen[t] = f
-        if t.exists() and not args.overwrite:
-            raise SpeechtlError(f"{t} already exists; pass --overwrite to replace it")
-    return targets
-
-
-_POOLED = "share one route, chosen on the classifier's evidence pooled over them"
-_ROUTE_BY_HELP = {
-    "file": f"with --route auto: file: each file decides alone (default); all: the files are one speaker and {_POOLED}",
-    "utterance": f"with --route auto: utterance: each utterance decides alone (default); speaker: a speaker's "
-                 f"utterances {_POOLED}",
-}
-
-
-def add_routing_args(p: argparse.ArgumentParser, *, route_by: tuple[str, ...] = ("file", "all")) -> None:
-    """--adapters, --accent-classifier, --route, --min-prob, --soft-route, --route-by (shared with speechtl-eval)."""
-    p.add_argument("--adapters", nargs="+", metavar="ACCENT=DIR",
-                   help="one saved adapter folder per accent, loaded once and chosen per file by --route")
-    p.add_argument("--accent-classifier", metavar="DIR",
-                   help="a saved accent classifier (speechtl-adapt --task accent-id) for --route auto")
-    p.add_argument("--route", default="auto",
-                   help="auto (the classifier picks, default), none (the base model) or an accent of --adapters")
-    p.add_argument("--min-prob", type=float, default=0.5,
-                   help="with --route auto: below this probability of every adapter's accent, use the base model")
-    p.add_argument("--soft-route", action="store_true",
-                   help="mix the LoRA adapters weighted by the classifier's probabilities instead of picking one")
-    p.add_argument("--route-by", choices=route_by, default=route_by[0], help=_ROUTE_BY_HELP[route_by[0]])
-
-
-def routing_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`speechtl.transcribe.transcribe` for routing (empty when not routing)."""
-    from ..routing import parse_adapter_specs
-
-    adapters = parse_adapter_specs(args.adapters)
-    if not adapters and args.accent_classifier is None:
-        if args.route != "auto" or args.soft_route:
-            raise SpeechtlError("--route and --soft-route choose between adapters: give --adapters ACCENT=DIR ...")
-        return {}
-    if args.adapter:
-        raise SpeechtlError("give either --adapter (one adapter for every file) or --adapters (routed), not both")
-    if args.accent_classifier is not None and not os.path.isdir(args.accent_classifier):
-        raise SpeechtlError(f"--accent-classifier {args.accent_classifier}: no such folder; give the adapter folder "
-                            "that speechtl-adapt --task accent-id wrote (OUT/adapter)")
-    if not 0.0 <= args.min_prob <= 1.0:
-        raise SpeechtlError(f"--min-prob {args.min_prob}: give a probability between 0 and 1")
-    if args.route not in ("auto", "none") and args.route not in adapters:
-        raise SpeechtlError(f"--route {args.route}: not auto, none or an accent of --adapters "
-                            f"({', '.join(adapters) or 'none given'})")
-    if args.route == "auto" and args.accent_classifier is None:
-        raise SpeechtlError("--route auto needs --accent-classifier DIR; or give --route none or --route ACCENT")
-    grouped = args.route_by in ("all", "speaker")
-    if grouped and args.route != "auto":
-        raise SpeechtlError(f"--route-by {args.route_by} pools the classifier's evidence; it needs --route auto")
-    return {"adapters": adapters, "accent_classifier": args.accent_classifier, "route": args.route,
-            "min_prob": args.min_prob, "soft": args.soft_route, "return_routes": True,
-            **({"route_by": args.route_by} if grouped else {})}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from ..checksums import verify_checksums, write_checksums
 from ..errors import ModelNotFoundError, SpeechtlError
-from .ct2 import publish_dir, staging_dir, write_whisper_folder
+from ..fileio import atomic_replace_dir, staging_dir
+from .ct2 import write_whisper_folder
 
 SOURCE_INFO = "speechtl_source.json"
 FORMAT_VERSION = 2  # bump when the converted folder changes (2: the tokenizer has a pad token); names the cache folder
@@ -133,7 +134,7 @@ def packaged_model_dir(name: str) -> Path:
             }
             (tmp / SOURCE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             write_checksums(tmp, read_only=True, format_version=FORMAT_VERSION)
-            publish_dir(tmp, target)  # False: someone else's identical folder is already there; ours is discarded
+            atomic_replace_dir(tmp, target)  # False: someone else's identical folder is already there; ours is discarded
     return _verify(target)
 
 
@@ -224,7 +225,7 @@ def packaged_ct2_dir(name: str) -> Path:
                 if (src_dir / extra).is_file():
                     shutil.copyfile(src_dir / extra, tmp / extra)
             write_checksums(tmp, read_only=True, format_version=FORMAT_VERSION)
-            publish_dir(tmp, target)
+            atomic_replace_dir(tmp, target)
     return _verify(target)
 
 

@@ -23,273 +23,77 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import re
 import shutil
-import subprocess
 import tempfile
-import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
-from ..errors import SpeechtlError
+from ..fileio import atomic_write, atomic_write_text
+from .l1_transfer import L1_RULES, L1Rules, apply_l1
 from .manifest import Utterance, write_manifest
+from .synth_render import SAMPLE_RATE, SYNTH_VERSION, Augment, Job, colored_noise, mix_at_snr, render, synthesise
+from .synth_voices import (
+    ACCENT_VOICES,
+    ENGINE_BINARIES,
+    FESTIVAL_DIR,
+    INSTALL_HINT,
+    MBROLA_DIR,
+    PICO_DIR,
+    RHVOICE_DIR,
+    EngineMissingWarning,
+    Speaker,
+    SynthError,
+    Voice,
+    available_voices,
+    make_speaker,
+    voice_missing,
+)
 
-SAMPLE_RATE = 16000
-# Bump when the synthesis or augmentation chain changes, so old files are not reused.
-SYNTH_VERSION = 1
+__all__ = [
+    "ACCENT_VOICES",
+    "ENGINE_BINARIES",
+    "FESTIVAL_DIR",
+    "INSTALL_HINT",
+    "L1_RULES",
+    "MBROLA_DIR",
+    "PICO_DIR",
+    "RHVOICE_DIR",
+    "SAMPLE_RATE",
+    "SYNTH_VERSION",
+    "WORDNET_DIR",
+    "Augment",
+    "EngineMissingWarning",
+    "Job",
+    "L1Rules",
+    "Speaker",
+    "SynthError",
+    "Voice",
+    "apply_l1",
+    "available_voices",
+    "build_corpus",
+    "check_synth_out",
+    "colored_noise",
+    "mix_at_snr",
+    "plan_corpus",
+    "render",
+    "sentence_pools",
+    "synth_config",
+    "synthesise",
+    "voice_missing",
+    "wordnet_sentences",
+]
+
 WORDNET_DIR = Path("/usr/share/wordnet")
-MBROLA_DIR = Path("/usr/share/mbrola")
-RHVOICE_DIR = Path("/usr/share/RHVoice/voices")
-FESTIVAL_DIR = Path("/usr/share/festival/voices")
-PICO_DIR = Path("/usr/share/pico/lang")
-INSTALL_HINT = "run corpora/install_tts.sh as root to install the engines"
-
-
-class SynthError(SpeechtlError):
-    """A synthetic-corpus build that cannot run: no voice for an accent, no sox, an engine failure."""
-
-
-class EngineMissingWarning(UserWarning):
-    """An engine or voice is not installed; its voices are left out of the build."""
-
-
-@dataclass(frozen=True)
-class Voice:
-    """One voice of one engine speaking English with ``accent``.
-
-    ``name`` is what the engine calls it (espeak voice, flite voice, RHVoice profile, festival
-    voice, pico language). ``l1`` selects phonological transfer rules (espeak only): English
-    phonemes are rewritten the way speakers of that first language tend to realise them.
-    """
-
-    accent: str
-    engine: str
-    name: str
-    gender: str
-    l1: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.engine}-{self.name}" + (f"-l1{self.l1}" if self.l1 else "")
-
-
-def _v(accent: str, engine: str, names: str, gender: str, l1: str | None = None) -> list[Voice]:
-    return [Voice(accent, engine, n, gender, l1) for n in names.split()]
-
-
-# Voices per accent (see RESOURCES.md, "Synthetic accents"). The espeak voices carry no variant:
-# each pseudo-speaker picks one (+m3, +f2, ...), which also sets its gender.
-ACCENT_VOICES: dict[str, list[Voice]] = {
-    "us": _v("us", "flite", "kal16 rms", "m") + _v("us", "flite", "slt", "f")
-    + _v("us", "rhvoice", "bdl", "m") + _v("us", "rhvoice", "clb slt", "f")
-    + _v("us", "mbrola", "mb-us1", "f") + _v("us", "mbrola", "mb-us2 mb-us3", "m")
-    + _v("us", "espeak", "en-us", "m") + _v("us", "pico", "en-US", "f")
-    + _v("us", "festival", "kal_diphone ked_diphone", "m") + _v("us", "festival", "cmu_us_slt_arctic_hts", "f"),
-    "gb": _v("gb", "mbrola", "mb-en1", "m") + _v("gb", "festival", "rab_diphone don_diphone", "m")
-    + _v("gb", "espeak", "en-gb en-gb-x-rp", "m") + _v("gb", "pico", "en-GB", "f"),
-    "scottish": _v("scottish", "flite", "awb", "m") + _v("scottish", "rhvoice", "alan", "m")
-    + _v("scottish", "espeak", "en-gb-scotland", "m"),
-    "german": _v("german", "mbrola", "mb-de1-en", "f") + _v("german", "mbrola", "mb-de2-en", "m")
-    + _v("german", "espeak", "en-us en-gb", "m", l1="german"),
-    "french": _v("french", "mbrola", "mb-fr1-en", "m") + _v("french", "mbrola", "mb-fr4-en", "f")
-    + _v("french", "espeak", "en-us en-gb", "m", l1="french"),
-    "russian": _v("russian", "rhvoice", "evgeniy-eng", "m") + _v("russian", "rhvoice", "lyubov", "f")
-    + _v("russian", "espeak", "en-us en-gb", "m", l1="russian"),
-    # espeak-only dialects: one engine, so a model could learn the engine; use them as extra held-out tests.
-    "caribbean": _v("caribbean", "espeak", "en-029", "m"),
-    "lancaster": _v("lancaster", "espeak", "en-gb-x-gbclan", "m"),
-    "westmidlands": _v("westmidlands", "espeak", "en-gb-x-gbcwmd", "m"),
-    "nyc": _v("nyc", "espeak", "en-us-nyc", "m"),
-}
-
-ENGINE_BINARIES = {
-    "espeak": ("espeak-ng",),
-    "mbrola": ("espeak-ng", "mbrola"),
-    "flite": ("flite",),
-    "festival": ("festival",),
-    "rhvoice": ("RHVoice-test",),
-    "pico": ("pico2wave",),
-}
-# Engines whose own speaking-rate control is used (better than time-stretching afterwards).
-_NATIVE_RATE = {"espeak", "mbrola", "flite", "festival", "rhvoice"}
-_ESPEAK_VARIANTS = {"m": ("m1", "m2", "m3", "m4", "m5", "m6", "m7"), "f": ("f1", "f2", "f3", "f4", "f5")}
 # festival starts slowly (~0.35 s); one process synthesises this many utterances.
 _FESTIVAL_BATCH = 8
-
-
-# ---------------------------------------------------------------------------------------------
-# Phonological transfer for espeak (L1-accented English from English phonemes)
-# ---------------------------------------------------------------------------------------------
-
-# espeak-ng's English phoneme mnemonics with more than one character, longest first.
-_EN_MULTI = sorted(
-    ["aI@", "aU@", "aI3", "i@3", "eI", "aI", "aU", "OI", "oU", "@U", "I@", "e@", "U@", "A@", "O@", "o@", "3:",
-     "A:", "O:", "u:", "i:", "a#", "I#", "I2", "@2", "@5", "@L", "@-", "E2", "tS", "dZ", "n-", "l-", "r-", "t#",
-     "d#", "aa"],
-    key=len,
-    reverse=True,
-)
-_VOWEL_START = set("aeiouAEIOUV03@")
-_STRESS = set("',%=")
-_PAUSE = set("_:")
-
-
-@dataclass(frozen=True)
-class L1Rules:
-    """How speakers of a first language realise English phonemes (textbook L1-transfer features)."""
-
-    substitute: dict[str, str]
-    final_devoicing: bool = False
-    final_stress: bool = False  # French: stress moves to the last syllable
-    initial_s_voicing: bool = False  # German: "sun" -> [z]un
-
-
-_DEVOICE = {"b": "p", "d": "t", "g": "k", "z": "s", "v": "f", "dZ": "tS", "Z": "S", "D": "T"}
-L1_RULES: dict[str, L1Rules] = {
-    # th-stopping/fronting to s/z, w -> v, TRAP -> DRESS, STRUT -> a, final obstruent devoicing.
-    "german": L1Rules({"T": "s", "D": "z", "w": "v", "a": "E", "V": "a", "dZ": "tS"}, final_devoicing=True,
-                      initial_s_voicing=True),
-    # th -> s/z, h-dropping, no lax vowels (KIT -> FLEECE, FOOT -> GOOSE), affricates -> fricatives.
-    "french": L1Rules({"T": "s", "D": "z", "h": "", "I": "i:", "I2": "i:", "U": "u:", "tS": "S", "dZ": "Z",
-                       "N": "n", "V": "@", "a": "E"}, final_stress=True),
-    # th -> s/z, w -> v, h -> velar fricative, KIT -> FLEECE, TRAP -> DRESS, final devoicing.
-    "russian": L1Rules({"T": "s", "D": "z", "w": "v", "h": "x", "I": "i:", "I2": "i:", "a": "E", "V": "a", "N": "n",
-                        "oU": "O:", "@U": "O:"}, final_devoicing=True),
-}
-
-
-def _tokenize_phonemes(word: str) -> list[str]:
-    out, i = [], 0
-    while i < len(word):
-        for m in _EN_MULTI:
-            if word.startswith(m, i):
-                out.append(m)
-                i += len(m)
-                break
-        else:
-            out.append(word[i])
-            i += 1
-    return out
-
-
-def apply_l1(phonemes: str, l1: str) -> str:
-    """Rewrite espeak English phoneme mnemonics (words separated by spaces) with ``l1``'s rules."""
-    rules = L1_RULES[l1]
-    words = []
-    for word in phonemes.split():
-        toks = _tokenize_phonemes(word)
-        if rules.initial_s_voicing and toks and toks[0] == "s":
-            following = next((t for t in toks[1:] if t not in _STRESS), "")
-            if following[:1] in _VOWEL_START:
-                toks[0] = "z"
-        toks = [rules.substitute.get(t, t) for t in toks]
-        if rules.final_devoicing:
-            for j in range(len(toks) - 1, -1, -1):
-                if toks[j] and toks[j] not in _STRESS and toks[j] not in _PAUSE:
-                    toks[j] = _DEVOICE.get(toks[j], toks[j])
-                    break
-        if rules.final_stress:
-            vowels = [j for j, t in enumerate(toks) if t and t[0] in _VOWEL_START]
-            if len(vowels) > 1:
-                toks = [t for t in toks if t not in _STRESS]
-                vowels = [j for j, t in enumerate(toks) if t and t[0] in _VOWEL_START]
-                toks.insert(vowels[-1], "'")
-        words.append("".join(toks))
-    return " ".join(words)
-
-
-# ---------------------------------------------------------------------------------------------
-# Availability
-# ---------------------------------------------------------------------------------------------
-
-
-@cache
-def _flite_voices() -> frozenset[str]:
-    try:
-        out = subprocess.run(["flite", "-lv"], check=False, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return frozenset()
-    return frozenset(out.split(":", 1)[-1].split())
-
-
-@cache
-def _espeak_voices() -> frozenset[str]:
-    try:
-        out, mb = (
-            subprocess.run(["espeak-ng", arg], check=False, capture_output=True, text=True, timeout=30).stdout
-            for arg in ("--voices", "--voices=mb")
-        )
-    except (OSError, subprocess.SubprocessError):
-        return frozenset()
-    names = set()
-    for line in (out + mb).splitlines()[1:]:
-        cols = line.split()
-        if len(cols) >= 5:
-            names.add(cols[1])  # language code, e.g. en-gb-scotland
-            names.add(cols[4].rsplit("/", 1)[-1])  # voice file, e.g. mb-de1-en
-    return frozenset(names)
-
-
-def _voice_missing(voice: Voice) -> str | None:
-    """Why ``voice`` cannot be used here, or None when it can."""
-    for binary in ENGINE_BINARIES[voice.engine]:
-        if shutil.which(binary) is None:
-            return f"engine {voice.engine!r}: program {binary!r} not found"
-    e, n = voice.engine, voice.name
-    if e == "mbrola":
-        db = re.match(r"mb-([a-z]+\d)", n)
-        if db is None or not (MBROLA_DIR / db.group(1) / db.group(1)).is_file():
-            return f"mbrola voice {n!r}: no database under {MBROLA_DIR}"
-    elif e == "espeak" and n not in _espeak_voices():
-        return f"espeak voice {n!r} not found"
-    elif e == "flite" and n not in _flite_voices():
-        return f"flite voice {n!r} not built in"
-    elif e == "rhvoice" and not (RHVOICE_DIR / n).is_dir():
-        return f"RHVoice voice {n!r}: no folder {RHVOICE_DIR / n}"
-    elif e == "festival" and not any(FESTIVAL_DIR.glob(f"*/{n}")):
-        return f"festival voice {n!r}: not under {FESTIVAL_DIR}"
-    elif e == "pico" and not (PICO_DIR / f"{n}_ta.bin").is_file():
-        return f"pico language {n!r}: no {PICO_DIR / (n + '_ta.bin')}"
-    return None
-
-
-def available_voices(accents: Sequence[str], engines: Iterable[str] | None = None) -> dict[str, list[Voice]]:
-    """Installed voices per accent; warns (:class:`EngineMissingWarning`) about each missing one.
-
-    ``engines`` restricts the engines used. Raises :class:`SynthError` for an unknown accent or
-    an accent left without any voice.
-    """
-    allowed = None if engines is None else set(engines)
-    if allowed is not None and (unknown := allowed - set(ENGINE_BINARIES)):
-        raise SynthError(f"unknown engine(s) {sorted(unknown)}; choose from {', '.join(ENGINE_BINARIES)}")
-    out: dict[str, list[Voice]] = {}
-    for accent in accents:
-        if accent not in ACCENT_VOICES:
-            raise SynthError(f"unknown accent {accent!r}; choose from {', '.join(ACCENT_VOICES)}")
-        voices = []
-        for v in ACCENT_VOICES[accent]:
-            if allowed is not None and v.engine not in allowed:
-                continue
-            why = _voice_missing(v)
-            if why:
-                warnings.warn(f"{why}; skipping it for accent {accent!r} ({INSTALL_HINT})", EngineMissingWarning,
-                              stacklevel=2)
-                continue
-            voices.append(v)
-        if not voices:
-            raise SynthError(f"accent {accent!r} has no installed voice; {INSTALL_HINT} or drop the accent")
-        out[accent] = voices
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,63 +137,8 @@ def sentence_pools(sentences: Sequence[str], seed: int, dev: float = 0.1, test: 
 
 
 # ---------------------------------------------------------------------------------------------
-# Plan: speakers, utterances, augmentation
+# Plan: utterances, their speakers and augmentation
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Speaker:
-    """A pseudo-speaker: a voice with its own pitch, rate and timbre."""
-
-    id: str
-    voice: Voice
-    gender: str
-    variant: str | None  # espeak voice variant (+m3 ...), None for other engines
-    pitch: float  # semitones
-    rate: float  # speaking-rate factor (>1 faster)
-    vtl: float  # vocal-tract length factor applied with sox speed (formants and pitch move together)
-    tilt: float  # dB of treble boost (negative: duller voice)
-
-
-@dataclass(frozen=True)
-class Augment:
-    noise_snr: float | None = None  # dB, noise mixed at this SNR computed from RMS
-    noise_color: str = "white"  # white | pink | brown
-    reverb: tuple[float, float, float] | None = None  # sox reverb: reverberance, HF damping, room scale (%)
-    telephone: bool = False  # 300-3400 Hz band and 8 kHz sampling
-    gain_db: float = 0.0  # level around the -24 dBFS RMS target
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    accent: str
-    split: str
-    text: str
-    speaker: Speaker
-    augment: Augment
-    audio: Path = field(compare=False)
-
-    def spec(self) -> dict:
-        return {"v": SYNTH_VERSION, "text": self.text, "speaker": asdict(self.speaker), "augment": asdict(self.augment)}
-
-
-def _make_speaker(voice: Voice, k: int, seed: int) -> Speaker:
-    rng = random.Random(f"speaker:{seed}:{voice.accent}:{voice.key}:{k}")
-    variant, gender = None, voice.gender
-    if voice.engine == "espeak":
-        gender = "f" if rng.random() < 0.5 else "m"
-        variant = rng.choice(_ESPEAK_VARIANTS[gender])
-    return Speaker(
-        id=f"{voice.accent}-{voice.key}-{k}",
-        voice=voice,
-        gender=gender,
-        variant=variant,
-        pitch=round(rng.uniform(-2.5, 2.5), 3),
-        rate=round(rng.uniform(0.88, 1.12), 3),
-        vtl=round(rng.uniform(0.94, 1.06), 3),
-        tilt=round(rng.uniform(-4.0, 4.0), 2),
-    )
 
 
 def _make_augment(rng: random.Random, p_noise: float, p_reverb: float, p_telephone: float) -> Augment:
@@ -452,7 +201,7 @@ def plan_corpus(
     train_cursor = 0  # training sentences differ across accents; test sentences are shared
     for accent in accents:
         rng = random.Random(f"plan:{seed}:{accent}")
-        speakers = [_make_speaker(v, k, seed) for v in voices[accent] for k in range(speakers_per_voice)]
+        speakers = [make_speaker(v, k, seed) for v in voices[accent] for k in range(speakers_per_voice)]
         speakers = _interleave_by_engine(speakers, rng)
         if accent in heldout:
             counts = {"test_heldout": per_accent}
@@ -494,153 +243,19 @@ def plan_corpus(
 
 
 # ---------------------------------------------------------------------------------------------
-# Synthesis
+# Build
 # ---------------------------------------------------------------------------------------------
-
-
-def _run(cmd: list[str], what: str, input: str | None = None, timeout: float = 120) -> str:
-    try:
-        r = subprocess.run(cmd, input=input, check=False, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise SynthError(f"{what}: could not run {cmd[0]} ({e})") from None
-    if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        raise SynthError(f"{what}: {cmd[0]} exited with status {r.returncode}: {' | '.join(tail)}")
-    return r.stdout
-
-
-def _festival_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _tts(jobs: list[Job], tmp: Path) -> list[Path]:
-    """Synthesise ``jobs`` (all one voice) to raw engine output files; returns their paths."""
-    voice = jobs[0].speaker.voice
-    outs = [tmp / f"raw{i}.wav" for i in range(len(jobs))]
-    if voice.engine == "festival":
-        # One festival process for the whole batch: its start-up dominates a single sentence.
-        lines = [f"(voice_{voice.name})"]
-        for job, o in zip(jobs, outs):
-            lines.append(f"(Parameter.set 'Duration_Stretch {1.0 / job.speaker.rate:.4f})")
-            lines.append(f"(utt.save.wave (utt.synth (Utterance Text {_festival_string(job.text)})) "
-                         f"{_festival_string(str(o))} 'riff)")
-        script = tmp / "batch.scm"
-        script.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        _run(["festival", "-b", str(script)], f"festival voice {voice.name}", timeout=60 + 20 * len(jobs))
-    else:
-        for job, o in zip(jobs, outs):
-            _tts_one(job, o)
-    for job, o in zip(jobs, outs):
-        if not o.is_file() or o.stat().st_size <= 44:
-            raise SynthError(f"{voice.engine} voice {voice.name} produced no audio for {job.id} ({job.text!r})")
-    return outs
-
-
-def _tts_one(job: Job, out: Path) -> None:
-    s, v, text = job.speaker, job.speaker.voice, job.text
-    what = f"{v.engine} voice {v.name} ({job.id})"
-    if v.engine in ("espeak", "mbrola"):
-        name = v.name + (f"+{s.variant}" if s.variant else "")
-        if v.l1:
-            phonemes = _run(["espeak-ng", "-q", "-x", "-v", v.name, "--stdin"], what, input=text)
-            # espeak prints one clause per line; a short pause keeps the clause boundary.
-            clauses = [apply_l1(line, v.l1) for line in phonemes.splitlines() if line.strip()]
-            text = "[[" + " _: ".join(clauses) + "]]"
-        _run(["espeak-ng", "-v", name, "-s", str(round(175 * s.rate)), "-w", str(out), "--stdin"], what, input=text)
-    elif v.engine == "flite":
-        txt = out.with_suffix(".txt")
-        txt.write_text(text, encoding="utf-8")
-        _run(["flite", "-voice", v.name, "--setf", f"duration_stretch={1.0 / s.rate:.4f}", "-f", str(txt),
-              "-o", str(out)], what)
-    elif v.engine == "rhvoice":
-        _run(["RHVoice-test", "-p", v.name, "-r", str(round(100 * s.rate)), "-o", str(out)], what, input=text)
-    elif v.engine == "pico":
-        _run(["pico2wave", "-l", v.name, "-w", str(out), "--", text], what)
-    else:
-        raise SynthError(f"engine {v.engine!r} has no synthesiser")
-
-
-def _sox(inp: Path, out: Path, effects: list[str], what: str) -> None:
-    # -R: repeatable randomness, -D: no dither, so that output is identical run to run.
-    _run(["sox", "-R", "-D", str(inp), "-t", "wav", "-e", "floating-point", "-b", "32", str(out), *effects], what)
-
-
-def _colored_noise(n: int, color: str, rng: np.random.Generator) -> np.ndarray:
-    """Unit-RMS noise ``(n,)``: white, pink (1/f power) or brown (1/f^2) by shaping a white spectrum."""
-    white = rng.standard_normal(n)
-    if color != "white":
-        spec = np.fft.rfft(white)
-        f = np.fft.rfftfreq(n)
-        f[0] = f[1] if n > 1 else 1.0
-        spec /= f ** (0.5 if color == "pink" else 1.0)
-        white = np.fft.irfft(spec, n)
-    return (white / (np.sqrt(np.mean(white**2)) + 1e-12)).astype(np.float32)
-
-
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``speech + g * noise`` with ``g`` such that RMS(speech) / RMS(g * noise) is ``snr_db`` dB."""
-    rms_s = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
-    rms_n = float(np.sqrt(np.mean(noise.astype(np.float64) ** 2)))
-    if rms_s == 0.0 or rms_n == 0.0:
-        return speech
-    g = rms_s / (rms_n * 10 ** (snr_db / 20))
-    return (speech + g * noise).astype(np.float32)
-
-
-def _render(job: Job, raw: Path, tmp: Path) -> np.ndarray:
-    """Speaker transform, reverberation, noise, telephone channel and level: 16 kHz mono ``(samples,)``."""
-    s, a = job.speaker, job.augment
-    what = f"sox for {job.id}"
-    tempo = (1.0 if s.voice.engine in _NATIVE_RATE else s.rate) / s.vtl  # speed also shortens by 1/vtl
-    cents = 100 * (s.pitch - 12 * math.log2(s.vtl))  # speed also raises pitch by vtl
-    effects = ["channels", "1", "highpass", "60"]
-    if abs(tempo - 1) > 1e-3:
-        effects += ["tempo", "-s", f"{tempo:.4f}"]
-    effects += ["pitch", f"{cents:.1f}", "speed", f"{s.vtl:.4f}", "treble", f"{s.tilt:+.2f}"]
-    if a.reverb is not None:
-        rev, hf, room = a.reverb
-        effects += ["pad", "0", "0.3", "reverb", str(rev), str(hf), str(room), "channels", "1"]
-    effects += ["rate", "-v", str(SAMPLE_RATE)]
-    mid = tmp / f"{job.id}.mid.wav"
-    _sox(raw, mid, effects, what)
-    wav, _ = sf.read(str(mid), dtype="float32")
-    if a.noise_snr is not None:
-        nrng = np.random.default_rng(int(hashlib.sha1(job.id.encode()).hexdigest()[:8], 16))
-        wav = mix_at_snr(wav, _colored_noise(len(wav), a.noise_color, nrng), a.noise_snr)
-    if a.telephone:
-        pre, post = tmp / f"{job.id}.tel_in.wav", tmp / f"{job.id}.tel_out.wav"
-        sf.write(str(pre), wav, SAMPLE_RATE, subtype="FLOAT")
-        _sox(pre, post, ["sinc", "300-3400", "rate", "-v", "8000", "rate", "-v", str(SAMPLE_RATE)], what)
-        wav, _ = sf.read(str(post), dtype="float32")
-    # Same loudness (with a little spread) for every engine, so that level does not give away the voice.
-    rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2)))
-    if rms > 0:
-        wav = wav * (10 ** ((-24.0 + a.gain_db) / 20) / rms)
-    peak = float(np.max(np.abs(wav))) if len(wav) else 0.0
-    if peak > 0.98:
-        wav = wav * (0.98 / peak)
-    return wav.astype(np.float32)
-
-
-def _write_flac(wav: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".flac", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _synthesise_batch(jobs: list[Job]) -> int:
     with tempfile.TemporaryDirectory(prefix="speechtl-synth-") as d:
         tmp = Path(d)
-        raws = _tts(jobs, tmp)
+        raws = synthesise(jobs, tmp)
         for job, raw in zip(jobs, raws):
-            _write_flac(_render(job, raw, tmp), job.audio)
+            wav = render(job, raw, tmp)
+            # A clip appears whole or not at all: a rerun after an interruption trusts every file it finds.
+            atomic_write(job.audio, lambda f, wav=wav: sf.write(f, wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16"),
+                         what="the synthetic clip", then="run again to finish the corpus")
     return len(jobs)
 
 
@@ -713,11 +328,9 @@ def build_corpus(
         ))
     out = Path(out_dir)
     write_manifest(utts, out / "manifest.jsonl")
-    config = {"accents": list(dict.fromkeys(accents)), "per_accent": per_accent, "seed": seed,
-              "heldout": [list(dict.fromkeys(accents))[-1]] if heldout is None else list(heldout),
-              "speakers_per_voice": speakers_per_voice, "dev": dev, "test": test, "augment": augment,
-              "engines": None if engines is None else sorted(engines), "synth_version": SYNTH_VERSION}
-    _write_json(out / "synth_config.json", config)
+    config = synth_config(accents, per_accent, seed, heldout, speakers_per_voice, dev, test, augment, engines)
+    config["synth_version"] = SYNTH_VERSION
+    atomic_write_text(out / "synth_config.json", json.dumps(config, indent=2) + "\n")
     return utts
 
 
@@ -732,9 +345,44 @@ def _augment_record(a: Augment) -> dict:
     return rec
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+def synth_config(accents: Sequence[str], per_accent: int, seed: int = 0, heldout: Sequence[str] | None = None,
+                 speakers_per_voice: int = 2, dev: float = 0.1, test: float = 0.1, augment: bool = True,
+                 engines: Iterable[str] | None = None) -> dict:
+    """The resolved arguments of :func:`build_corpus`, as ``synth_config.json`` records them."""
+    accents = list(dict.fromkeys(accents))
+    return {"accents": accents, "per_accent": per_accent, "seed": seed,
+            "heldout": [accents[-1]] if heldout is None else list(heldout),
+            "speakers_per_voice": speakers_per_voice, "dev": dev, "test": test, "augment": augment,
+            "engines": None if engines is None else sorted(engines)}
+
+
+def check_synth_out(out_dir: str | os.PathLike, accents: Sequence[str], per_accent: int, seed: int = 0,
+                    heldout: Sequence[str] | None = None, speakers_per_voice: int = 2, dev: float = 0.1,
+                    test: float = 0.1, augment: bool = True, engines: Iterable[str] | None = None, *,
+                    overwrite: bool = False) -> None:
+    """Refuse to build into ``out_dir`` unless it is empty, an interrupted build, or a build with the same settings.
+
+    The settings are :func:`build_corpus`'s. A build with other settings is refused unless
+    ``overwrite`` (its clips are then reused by content and its manifest rebuilt).
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SynthError(f"--out {out} is a file; give a folder")
+    if not any(out.iterdir()):
+        return
+    config_path = out / "synth_config.json"
+    if not config_path.is_file():
+        if (out / "audio").is_dir():  # an interrupted run: its clips are kept and the rest is made
+            return
+        raise SynthError(f"--out {out} is not empty and holds no earlier synth output; choose a new folder")
+    try:
+        before = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError:
+        before = {}
+    now = synth_config(accents, per_accent, seed, heldout, speakers_per_voice, dev, test, augment, engines)
+    changed = [k for k, v in now.items() if before.get(k) != v]
+    if changed and not overwrite:
+        raise SynthError(f"--out {out} holds a synth corpus made with other {', '.join(changed)}; pass --overwrite "
+                         "to rebuild its manifest there, or choose a new folder")
