@@ -1,8 +1,10 @@
-"""Accent identification scores: accuracy, recall per accent and the confusion matrix.
+"""Accent identification: the trained classifier (:class:`AccentClassifier`) and its scores.
 
-:func:`evaluate_accent_id` runs an accent classifier (:mod:`speechtl.routing`) on a manifest and
-scores it with :func:`accent_id_scores` into an :class:`AccentIdReport` (the metrics themselves
-are :mod:`speechtl.metrics`). The names are importable from :mod:`speechtl.routing` too.
+:func:`load_accent_classifier` reads a ``speechtl-adapt --task accent-id`` adapter folder;
+routing (:mod:`speechtl.routing`) asks it which accent an utterance has. :func:`evaluate_accent_id`
+runs a classifier on a manifest and scores it with :func:`accent_id_scores` into an
+:class:`AccentIdReport` (accuracy, recall per accent and the confusion matrix; the metrics
+themselves are :mod:`speechtl.metrics`). The names are importable from :mod:`speechtl.routing` too.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from .errors import SpeechtlError
 from .fileio import atomic_write_text
@@ -24,7 +28,98 @@ from .metrics import accuracy, confusion_matrix, per_class_recall
 if TYPE_CHECKING:
     from torch import nn
 
-    from .routing import AccentClassifier
+
+def _prepare_for_classification(backbone: nn.Module, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    # Whisper pads to 30 s unless told otherwise; the classifier pools over valid frames only, so the
+    # batch is cut to its longest clip (with an attention mask inside the encoder).
+    if hasattr(backbone, "short_clips"):
+        return backbone.prepare(waves, short_clips=True)
+    return backbone.prepare(waves)
+
+
+class AccentClassifier:
+    """A trained accent classifier head with its labels and the encoder it reads.
+
+    Build it with :func:`load_accent_classifier` (a saved ``--task accent-id`` adapter folder) or
+    :meth:`from_model` (an adapted model with a classifier head). ``shared`` is True when the head
+    reads a router's base encoder instead of its own copy.
+    """
+
+    def __init__(self, head: nn.Module, backbone: nn.Module, *, shared: bool = False,
+                 model: nn.Module | None = None, base_checksum: str | None = None):
+        self.head = head
+        self.backbone = backbone
+        self.shared = shared
+        self.model = model
+        self.base_checksum = base_checksum
+        self.labels: list[str] = list(head.labels)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> AccentClassifier:
+        """Wrap an :class:`~speechtl.transfer.AdaptedModel` whose head is a classifier."""
+        from .heads import ClassifierHead
+
+        if not isinstance(getattr(model, "head", None), ClassifierHead):
+            raise SpeechtlError(f"{getattr(model, 'name', model)!r} has no classifier head; train one with "
+                                "speechtl-adapt --task accent-id")
+        return cls(model.head, model.backbone, model=model, base_checksum=getattr(model, "base_checksum", None))
+
+    @torch.no_grad()
+    def probabilities(self, waves: Sequence[np.ndarray], *, batch_size: int = 8,
+                      encoder_context: Any = None) -> np.ndarray:
+        """Class probabilities ``(len(waves), len(labels))`` for waveforms ``(samples,)`` at the encoder's rate.
+
+        ``encoder_context`` (a context manager factory) wraps each encoder call, e.g. to disable
+        a shared encoder's adapters.
+        """
+        device = next(self.backbone.parameters()).device
+        self.head.to(device).eval()
+        was_training = self.backbone.training
+        self.backbone.eval()
+        out = np.zeros((len(waves), len(self.labels)), dtype=np.float64)
+        order = sorted(range(len(waves)), key=lambda i: -len(waves[i]))
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                inputs, lengths = _prepare_for_classification(self.backbone, [waves[i] for i in idx])
+                with encoder_context() if encoder_context is not None else nullcontext():
+                    enc = self.backbone.encode(inputs.to(device), lengths.to(device))
+                probs = torch.softmax(self.head(enc).float(), dim=-1).cpu().numpy()
+                out[idx] = probs
+        finally:
+            self.backbone.train(was_training)
+        return out
+
+    def predict(self, waves: Sequence[np.ndarray], *, batch_size: int = 8) -> list[str]:
+        """The most probable accent of each waveform."""
+        probs = self.probabilities(waves, batch_size=batch_size)
+        return [self.labels[i] for i in probs.argmax(1)]
+
+
+def load_accent_classifier(directory: str | os.PathLike, *, backbone: nn.Module | None = None,
+                           base_checksum: str | None = None) -> AccentClassifier:
+    """Load a saved accent classifier (``speechtl-adapt --task accent-id`` writes ``OUT/adapter``).
+
+    With ``backbone`` and its ``base_checksum`` (the weights before any adaptation) given and
+    equal to the classifier's, a ``features``-mode head is put on that backbone's encoder
+    (``shared``); otherwise the classifier's own base model is built and loaded.
+    """
+    from .adapters.saved import SavedAdapter
+
+    saved = SavedAdapter.read(directory)
+    head_desc = saved.head or {}
+    if head_desc.get("type") != "ClassifierHead":
+        raise SpeechtlError(f"{saved.directory}: not an accent classifier (its head is {head_desc.get('type')!r}); "
+                            "train one with speechtl-adapt --task accent-id")
+    if backbone is not None and base_checksum == saved.base_checksum and saved.method == "features":
+        # The head as adapt() built it; keys a folder predates take their defaults.
+        head = saved.build_head(backbone)
+        return AccentClassifier(head, backbone, shared=True, base_checksum=base_checksum)
+    model = saved.build()
+    if backbone is not None:
+        model.to(next(backbone.parameters()).device)
+    model.eval()
+    return AccentClassifier.from_model(model)
 
 
 
@@ -130,7 +225,6 @@ def evaluate_accent_id(classifier: AccentClassifier | nn.Module | str | os.PathL
     """
     from .audio import load_audio
     from .data.manifest import read_manifest
-    from .routing import AccentClassifier, load_accent_classifier
 
     if isinstance(classifier, str | os.PathLike):
         classifier = load_accent_classifier(classifier)

@@ -29,7 +29,7 @@ from . import render
 from .errors import SpeechtlError
 from .fileio import atomic_write_text
 from .render import system_name
-from .stats import N_BOOTSTRAP, paired_bootstrap, seeded_rng
+from .stats import N_BOOTSTRAP, paired_bootstrap, seeded_rng, speaker_totals
 
 if TYPE_CHECKING:
     from .report import Report
@@ -152,8 +152,6 @@ def compare(
     Both reports must cover the same utterance ids with the same normalised references
     (evaluate both on one manifest with one normaliser).
     """
-    from .report import speaker_totals
-
     if not baseline.utterances or not adapted.utterances:
         raise SpeechtlError("a report has no utterance records (utterances.jsonl missing?); re-run the evaluation")
     if baseline.normalizer != adapted.normalizer:

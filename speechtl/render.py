@@ -15,7 +15,8 @@ import numpy as np
 from .stats import CI_LEVEL
 
 if TYPE_CHECKING:
-    from .report import AccentChange, Comparison, GroupStats, MacroStats, Report, UtteranceRecord
+    from .comparison import AccentChange, Comparison
+    from .report import GroupStats, MacroStats, Report, UtteranceRecord
 
 
 # --------------------------------------------------------------------------------------------

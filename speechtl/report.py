@@ -6,7 +6,7 @@ accent, per speaker and overall with speaker-bootstrap confidence intervals
 confusions. ``report.save(dir)`` writes ``report.json``, ``utterances.jsonl``, ``report.md``
 (:mod:`speechtl.render`) and ``wer_per_accent.png`` (:mod:`speechtl.plots`); ``Report.load(dir)``
 reads them back. ``adapted.compare(baseline)`` gives a :class:`~speechtl.comparison.Comparison`
-(:func:`compare`, :func:`forgetting`; re-exported here).
+(:func:`~speechtl.comparison.compare`).
 
 - WERs are micro: total errors (S + D + I) over total reference words of the group.
 - The macro WER is the unweighted mean of the accents' WERs; its interval resamples
@@ -23,18 +23,20 @@ import json
 import os
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import render
 from .errors import SpeechtlError
 from .fileio import atomic_write_text
-from .stats import CI_LEVEL, N_BOOTSTRAP, bootstrap_wers, percentile_interval, seeded_rng
+from .stats import CI_LEVEL, N_BOOTSTRAP, bootstrap_wers, percentile_interval, seeded_rng, speaker_totals
 from .wer import PairScore, top_confusions, top_words
+
+if TYPE_CHECKING:
+    from .comparison import Comparison
 
 TOP_CONFUSIONS = 20
 # PairScore's counts and texts in utterances.jsonl, in file order ("wer" is written, not read back).
@@ -143,18 +145,6 @@ class GroupStats:
     def from_json(cls, obj: dict[str, Any]) -> GroupStats:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in names})
-
-
-def speaker_totals(records: Iterable[UtteranceRecord]) -> dict[str, tuple[int, int]]:
-    """``{speaker_key: (errors, words)}`` over non-empty references, speakers in first-seen order."""
-    totals: dict[str, list[int]] = {}
-    for r in records:
-        if r.score.empty_ref:
-            continue
-        t = totals.setdefault(r.speaker_key, [0, 0])
-        t[0] += r.score.errors
-        t[1] += r.score.ref_words
-    return {k: (e, w) for k, (e, w) in totals.items()}
 
 
 def _group_stats(
@@ -391,6 +381,8 @@ class Report:
         Raises :class:`SpeechtlError` when the utterance ids, references or normalisers differ.
         ``target_accent`` defaults to this report's, then the baseline's.
         """
+        from .comparison import compare
+
         return compare(baseline, self, target_accent=target_accent, n_resamples=n_resamples, seed=seed)
 
 
@@ -464,7 +456,5 @@ def summarize(
 
 
 
-from .comparison import AccentChange, Comparison, compare, forgetting  # noqa: E402  (they read reports)
 
-__all__ = ["AccentChange", "Comparison", "GroupStats", "MacroStats", "Report", "TOP_CONFUSIONS", "UtteranceRecord",
-           "compare", "forgetting", "speaker_totals", "summarize"]
+__all__ = ["GroupStats", "MacroStats", "Report", "TOP_CONFUSIONS", "UtteranceRecord", "speaker_totals", "summarize"]

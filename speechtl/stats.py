@@ -17,8 +17,9 @@ utterance records.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -139,3 +140,15 @@ def paired_bootstrap(
 # The names these had inside speechtl.evaluate.
 _rng = seeded_rng
 _percentile_interval = percentile_interval
+
+
+def speaker_totals(records: Iterable[Any]) -> dict[str, tuple[int, int]]:
+    """``{speaker_key: (errors, words)}`` over non-empty references, speakers in first-seen order."""
+    totals: dict[str, list[int]] = {}
+    for r in records:
+        if r.score.empty_ref:
+            continue
+        t = totals.setdefault(r.speaker_key, [0, 0])
+        t[0] += r.score.errors
+        t[1] += r.score.ref_words
+    return {k: (e, w) for k, (e, w) in totals.items()}

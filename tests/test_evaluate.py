@@ -311,7 +311,7 @@ def test_forgetting_is_one_definition_for_reports_and_training():
     import torch
 
     from speechtl.replay import forgetting_dev_fn
-    from speechtl.report import forgetting
+    from speechtl.comparison import forgetting
 
     assert forgetting(0.10, 0.15) == pytest.approx(5.0) and forgetting(0.20, 0.10) == 0.0
     utts = make_utts({"US": 2, "Scottish": 2, "Welsh": 2})
