@@ -297,10 +297,11 @@ def test_moved_names_still_import_from_evaluate_and_the_module_stays_callable():
 
     for name in ("bootstrap_ci", "bootstrap_wers", "paired_bootstrap", "PairedResult", "CI_LEVEL", "N_BOOTSTRAP"):
         assert getattr(ev, name) is getattr(stats, name)
-    for name in ("UtteranceRecord", "GroupStats", "MacroStats", "Report", "summarize", "speaker_totals", "compare",
-                 "Comparison", "AccentChange", "forgetting"):
+    for name in ("UtteranceRecord", "GroupStats", "MacroStats", "Report", "summarize", "speaker_totals"):
         assert getattr(ev, name) is getattr(report, name)
-    assert report.compare is comparison.compare and ev._system_name is render.system_name
+    for name in ("compare", "Comparison", "AccentChange", "forgetting"):
+        assert getattr(ev, name) is getattr(comparison, name)
+    assert report.speaker_totals is stats.speaker_totals and ev._system_name is render.system_name
     utts = make_utts({"US": 2}, per_speaker=2)
     rep = speechtl.evaluate("fake", utts, transcriber=corrupt({"US": 1}), n_bootstrap=20)
     assert isinstance(rep, Report) and rep.overall.wer == pytest.approx(0.1)
@@ -310,8 +311,8 @@ def test_moved_names_still_import_from_evaluate_and_the_module_stays_callable():
 def test_forgetting_is_one_definition_for_reports_and_training():
     import torch
 
-    from speechtl.replay import forgetting_dev_fn
     from speechtl.comparison import forgetting
+    from speechtl.replay import forgetting_dev_fn
 
     assert forgetting(0.10, 0.15) == pytest.approx(5.0) and forgetting(0.20, 0.10) == 0.0
     utts = make_utts({"US": 2, "Scottish": 2, "Welsh": 2})
