@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from .stats import (CI_LEVEL, N_BOOTSTRAP, PairedResult, bootstrap_ci, bootstrap
 from .wer import Normalizer, get_normalizer, score_pairs
 
 if TYPE_CHECKING:
-    from .routing import Route, Router
+    from .routing import Router
 
 Transcriber = Callable[[list[Utterance]], list[str]]
 
@@ -324,12 +324,12 @@ def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.Path
                 beam_size: int, progress: bool, device: str | None, routing: Routing | None = None) -> Any:
     """Transcripts of ``utts`` with a backbone; segments (``offset``/``duration``) are cut first.
 
-    With ``routing``, ``(texts, routes)``: each utterance runs with the adapter its route picks."""
+    With ``routing``, ``(texts, routes)``: :func:`speechtl.transcribe` routes each utterance (with
+    ``by="speaker"``, a speaker's utterances together) and runs it with the adapter its route picks."""
     from .transcribe import transcribe
 
     if routing is not None:
-        return _transcribe_routed(routing, utts, batch_size=batch_size, beam_size=beam_size, progress=progress,
-                                  device=device)
+        model = routing.router.backbone
     audio: list[Any] = [u.audio for u in utts]
     if any(u.offset is not None for u in utts):
         from .audio import load_audio
@@ -344,53 +344,14 @@ def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.Path
             else u.audio
             for u in utts
         ]
-    return transcribe(model, audio, batch_size=batch_size, beam_size=beam_size, adapter=adapter, progress=progress,
-                      device=device)
-
-
-def _transcribe_routed(routing: Routing, utts: Sequence[Utterance], *, batch_size: int, beam_size: int,
-                       progress: bool, device: str | None) -> tuple[list[str], list[Route]]:
-    """Route every utterance (:meth:`Router.choose`), then transcribe each route's utterances with it.
-
-    The classifier reads at most 30 s at a time: a longer utterance is classified on its 30-s
-    pieces, their evidence pooled (as :func:`speechtl.transcribe.transcribe` pools its segments)."""
-    from .audio import load_audio
-    from .segments import LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS
-    from .transcribe import transcribe
-
-    router = routing.router
-    model = router.generator
-    if device is not None:
-        model.to(device)
-    rate = model.sample_rate
-    waves = [load_audio(u.audio, rate, offset=u.offset or 0.0, duration=u.duration,
-                        max_seconds=None if u.offset is not None else LONG_FORM_LIMIT) for u in utts]
-    limit = int(MAX_SEGMENT_SECONDS * rate)
-    pieces, owner = [], []
-    for i, w in enumerate(waves):
-        for start in range(0, max(len(w), 1), limit):
-            pieces.append(w[start:start + limit])
-            owner.append(i)
-    many = Counter(owner)
-    groups = [(utts[i].corpus, utts[i].speaker) if routing.by == "speaker" else ("utterance", i) if many[i] > 1
-              else None for i in owner]
-    chosen = router.choose(pieces, route=routing.route, min_prob=routing.min_prob, soft=routing.soft,
-                           batch_size=batch_size, groups=groups)
-    first: dict[int, Route] = {}
-    for i, r in zip(owner, chosen):
-        first.setdefault(i, r)  # pooled: an utterance's pieces share one route
-    routes = [first[i] for i in range(len(utts))]
-    texts = [""] * len(utts)
-    by_route: dict[tuple, list[int]] = defaultdict(list)
-    for i, r in enumerate(routes):
-        by_route[r.key].append(i)
-    for members in by_route.values():  # each adapter setting is switched to once
-        with router.using(routes[members[0]]):
-            out = transcribe(model, [waves[i] for i in members], batch_size=batch_size, beam_size=beam_size,
-                             progress=progress)
-        for i, text in zip(members, out):
-            texts[i] = text
-    return texts, routes
+    if routing is None:
+        return transcribe(model, audio, batch_size=batch_size, beam_size=beam_size, adapter=adapter,
+                          progress=progress, device=device)
+    # Corpora reuse speaker ids: a speaker is (corpus, speaker).
+    speakers = [(u.corpus, u.speaker) for u in utts] if routing.by == "speaker" else None
+    return transcribe(model, audio, router=routing.router, route=routing.route, min_prob=routing.min_prob,
+                      soft=routing.soft, speakers=speakers, return_routes=True, batch_size=batch_size,
+                      beam_size=beam_size, progress=progress, device=device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ def transcribe(
     adapter: str | os.PathLike | None = None,
     adapters: Mapping[str, str | os.PathLike] | None = None,
     accent_classifier: Any = None,
+    router: Any = None,
     route: str = "auto",
     min_prob: float = 0.5,
     soft: bool = False,
@@ -73,6 +74,9 @@ def transcribe(
         adapters: ``{accent: saved adapter folder}`` loaded once onto the model as named adapters;
             each utterance runs with the one ``route`` picks (see :mod:`speechtl.routing`).
         accent_classifier: a saved ``--task accent-id`` folder (or a loaded classifier) for ``route="auto"``.
+        router: a built :class:`speechtl.routing.Router` (adapters and classifier loaded once, e.g. by
+            :func:`speechtl.routing.get_router`) instead of ``adapters`` and ``accent_classifier``;
+            ``model`` may then be None (the router's backbone).
         route: ``"auto"`` (the classifier picks per utterance), ``"none"`` (the base model) or an
             accent of ``adapters`` (that adapter for every utterance).
         min_prob: with ``"auto"``, utterances whose most probable adapter accent is below this
@@ -103,7 +107,9 @@ def transcribe(
         raise SpeechtlError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if batch_size < 1 or beam_size < 1:
         raise SpeechtlError(f"batch_size and beam_size must be at least 1 (got {batch_size}, {beam_size})")
-    routing = bool(adapters) or accent_classifier is not None
+    if router is not None and (adapters or accent_classifier is not None):
+        raise SpeechtlError("give either router (built once) or adapters and accent_classifier, not both")
+    routing = bool(adapters) or accent_classifier is not None or router is not None
     if routing and adapter is not None:
         raise SpeechtlError("give either adapter (one adapter for everything) or adapters (routed per accent), "
                             "not both")
@@ -126,7 +132,8 @@ def transcribe(
         runner = model if isinstance(model, Ct2Whisper) else Ct2Whisper(model, device=str(device or "cpu"))
         router = None
     else:
-        runner, router = _torch_runner(model, adapter, adapters, accent_classifier, soft, route, merge_adapter, device)
+        runner, router = _torch_runner(model, adapter, adapters, accent_classifier, router, soft, route,
+                                       merge_adapter, device)
     seq2seq = getattr(runner, "task", None) == "seq2seq"
     opts = decode_options or DecodeOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
     if not seq2seq:
@@ -208,19 +215,23 @@ def transcribe(
     return texts
 
 
-def _torch_runner(model, adapter, adapters, accent_classifier, soft, route, merge_adapter, device):
+def _torch_runner(model, adapter, adapters, accent_classifier, router, soft, route, merge_adapter, device):
     """The PyTorch model that decodes (the backbone, its adapted model, or a router's) and the router."""
+    if router is not None and model is None:
+        model = router.backbone
     own = isinstance(model, str | os.PathLike)
     backbone = create_backbone(model) if own else model
     if getattr(backbone, "modality", None) != "audio" or not hasattr(backbone, "generate"):
         raise SpeechtlError(f"{getattr(backbone, 'name', backbone)!r} is not a speech recognition model")
     if device is not None:
         backbone.to(device)
-    router = None
-    if bool(adapters) or accent_classifier is not None:
+    if router is not None and router.backbone is not backbone:
+        raise SpeechtlError("the router was built on another model; pass its backbone as model, or model=None")
+    if router is None and (bool(adapters) or accent_classifier is not None):
         from .routing import get_router
 
         router = get_router(backbone, adapters, accent_classifier)
+    if router is not None:
         if soft and route != "auto":
             raise SpeechtlError(f"soft routing mixes adapters by the classifier's probabilities; it needs route "
                                 f"'auto', not {route!r}")

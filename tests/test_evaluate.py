@@ -410,7 +410,7 @@ def test_evaluate_takes_a_built_router_and_the_old_keywords_build_the_same(tmp_p
     t = np.arange(16000) / 16000
     waves = [(0.05 * rng.standard_normal(16000)).astype(np.float32) if k % 2 == 0
              else (0.5 * np.sin(2 * np.pi * 250 * t)).astype(np.float32) for k in range(4)]
-    waves.append(np.tile(waves[1], 31))  # 31 s: classified on its 30-s pieces
+    waves.append(np.tile(waves[1], 31))  # 31 s: a recording, cut by voice activity
     utts = []
     for k, w in enumerate(waves):
         sf.write(tmp_path / f"u{k}.wav", w, 16000)
@@ -428,8 +428,10 @@ def test_evaluate_takes_a_built_router_and_the_old_keywords_build_the_same(tmp_p
     rep = evaluate(None, utts, router=Routing(router, classifier_name="loudness"), progress=False, n_bootstrap=10)
     assert [r.score.hyp for r in rep.utterances[:4]] == texts
     assert [(r.route, r.route_prob) for r in rep.utterances[:4]] == [(r.name, r.prob) for r in routes]
-    # The long one: two pieces of at most 30 s, their evidence pooled into one route.
-    assert max(clf.seen) <= 30 * 16000 and len(clf.seen) == 4 + 2 and rep.utterances[4].route == "hum"
+    # The long one is routed as transcribe() routes a recording: on its voice-activity segments, pooled.
+    long_text, long_route = transcribe(None, waves[4:], router=router, return_routes=True, progress=False)
+    assert (rep.utterances[4].score.hyp, rep.utterances[4].route) == (long_text[0], long_route[0].name)
+    assert max(clf.seen) <= 30 * 16000
     assert rep.meta["accent_classifier"] == "loudness" and rep.meta["model"] == model_name
     assert set(rep.meta["adapters"]) == {"hiss", "hum"} and rep.meta["route"] == "auto"
     # The old keywords build (here: find) the same router once.
@@ -438,9 +440,11 @@ def test_evaluate_takes_a_built_router_and_the_old_keywords_build_the_same(tmp_p
     assert old.meta["accent_classifier"] == "Fixed"
     # A bare Router: the keywords say how to route with it.
     fixed = evaluate(backbone, utts, router=router, route="hum", progress=False, n_bootstrap=10)
-    assert [r.route for r in fixed.utterances] == ["hum"] * 5
-    assert [r.score.hyp for r in fixed.utterances] == transcribe(backbone, waves, adapters=adapters,
-                                                                 accent_classifier=clf, route="hum", progress=False)
+    want_texts, want_routes = transcribe(backbone, waves, adapters=adapters, accent_classifier=clf, route="hum",
+                                         return_routes=True, progress=False)
+    assert [r.route for r in fixed.utterances[:4]] == ["hum"] * 4  # the recording without speech ran nowhere
+    assert [r.route for r in fixed.utterances] == [r.name for r in want_routes]
+    assert [r.score.hyp for r in fixed.utterances] == want_texts
     with pytest.raises(SpeechtlError, match="another model object"):
         evaluate(create_backbone(model_name), utts, router=router, progress=False)
 
