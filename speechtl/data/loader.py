@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..audio import load_audio, resample
+from ..audio import load_audio
+from ..augment import augmentation, perturb  # noqa: F401  (augmentation: the recipes' entry)
 from ..errors import SpeechtlError
 from .manifest import Utterance, utterance_duration
 
@@ -74,28 +75,9 @@ class AudioDataset:
             wav = load_audio(u.audio, self.sample_rate)
         if self.speed_perturb or self.noise_snr:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            if self.speed_perturb:
-                factor = float(self.speed_perturb[rng.integers(len(self.speed_perturb))])
-                if factor != 1.0:
-                    # Read as if recorded at rate*factor, then bring back to rate: 1/factor as long.
-                    wav = resample(wav, round(self.sample_rate * factor), self.sample_rate)
-            if self.noise_snr:
-                from .synth import mix_at_snr
-
-                snr = float(rng.uniform(*self.noise_snr))
-                wav = mix_at_snr(wav, rng.standard_normal(len(wav)).astype(np.float32), snr)
+            wav = perturb(wav, self.sample_rate, rng, speed_factors=self.speed_perturb, noise_snr=self.noise_snr)
         return {"id": u.id, "audio": np.ascontiguousarray(wav, dtype=np.float32), "text": u.text,
                 "accent": u.accent, "speaker": u.speaker}
-
-
-def augmentation(data_config: Any) -> dict[str, Any]:
-    """:class:`AudioDataset` augmentation arguments from a ``DataConfig``'s ``speed_perturb`` and ``noise_snr``."""
-    snr = [float(x) for x in data_config.noise_snr]
-    if len(snr) > 2 or (len(snr) == 2 and snr[0] > snr[1]):
-        raise SpeechtlError(f"noise_snr={snr}: give one SNR in dB (noise_snr=20) or a low,high range "
-                            "(noise_snr=10,30)")
-    return {"speed_perturb": list(data_config.speed_perturb) or None,
-            "noise_snr": (snr[0], snr[1]) if len(snr) == 2 else snr[0] if snr else None}
 
 
 def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..augment import colored_noise, mix_at_snr
 from .l1_transfer import apply_l1
 from .synth_voices import Speaker, SynthError
 
@@ -117,28 +118,6 @@ def _tts_one(job: Job, out: Path) -> None:
 def _sox(inp: Path, out: Path, effects: list[str], what: str) -> None:
     # -R: repeatable randomness, -D: no dither, so that output is identical run to run.
     _run(["sox", "-R", "-D", str(inp), "-t", "wav", "-e", "floating-point", "-b", "32", str(out), *effects], what)
-
-
-def colored_noise(n: int, color: str, rng: np.random.Generator) -> np.ndarray:
-    """Unit-RMS noise ``(n,)``: white, pink (1/f power) or brown (1/f^2) by shaping a white spectrum."""
-    white = rng.standard_normal(n)
-    if color != "white":
-        spec = np.fft.rfft(white)
-        f = np.fft.rfftfreq(n)
-        f[0] = f[1] if n > 1 else 1.0
-        spec /= f ** (0.5 if color == "pink" else 1.0)
-        white = np.fft.irfft(spec, n)
-    return (white / (np.sqrt(np.mean(white**2)) + 1e-12)).astype(np.float32)
-
-
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """``speech + g * noise`` with ``g`` such that RMS(speech) / RMS(g * noise) is ``snr_db`` dB."""
-    rms_s = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
-    rms_n = float(np.sqrt(np.mean(noise.astype(np.float64) ** 2)))
-    if rms_s == 0.0 or rms_n == 0.0:
-        return speech
-    g = rms_s / (rms_n * 10 ** (snr_db / 20))
-    return (speech + g * noise).astype(np.float32)
 
 
 def render(job: Job, raw: Path, tmp: Path) -> np.ndarray:
