@@ -109,7 +109,7 @@ def main() -> int:
     from speechtl.data import read_manifest, split_by_speaker, write_manifest
     from speechtl.data.importers import import_speechocean762
     from speechtl.data.synth import build_corpus
-    from speechtl.evaluate import Report, evaluate
+    from speechtl.evaluation import Report, evaluate
     from speechtl.routing import evaluate_accent_id
 
     shared = Path(args.shared_data)

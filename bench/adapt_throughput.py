@@ -10,7 +10,7 @@ clips (synthetic fallback when absent) with the same LoRA (r=8, alpha=16, q_proj
 AdamW lr 3e-4, linear decay, no warm-up, no weight decay, grad-norm clip 1.0, fp32 on CPU, the same
 steps and, on average, the same audio per batch:
 
-- speechtl: the speechtl-adapt recipe (``speechtl.recipes``) + ``speechtl.train.train``: batches of
+- speechtl: the speechtl-adapt recipe (``speechtl.recipes``) + ``speechtl.training.train``: batches of
   ``batch_seconds`` audio (--batch clips' mean), clips of similar length together, log-mel computed
   per batch, padded to the batch's longest clip, padding masked;
 - HF: the fine-tune-whisper blog / PEFT guide recipe: ``WhisperProcessor`` features padded to 30 s
@@ -76,7 +76,7 @@ class _Clocked:
 def run_speechtl(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from speechtl.train import train
+    from speechtl.training import train
 
     warmup, steps = spec["warmup"], spec["steps"]
     # One untimed step more: the window runs from the start of step warmup+1 to the start of the step after the

@@ -11,7 +11,7 @@ Without CUDA it stops at once with a message. A CPU smoke test of the whole scri
         --steps 2 --warmup 1 --rtf-clips 4 --out /tmp/gpu_smoke.json
 
 Training: the speechtl-adapt recipe (``speechtl.recipes``) with LoRA (r=8, alpha=16, q_proj+v_proj,
-lr 3e-4) + ``speechtl.train.train`` with ``precision`` (bf16 autocast), batches of ``--batch-seconds``
+lr 3e-4) + ``speechtl.training.train`` with ``precision`` (bf16 autocast), batches of ``--batch-seconds``
 of speechocean762 train audio (synthetic fallback when absent); audio-seconds per second over
 the timed steps and ``torch.cuda.max_memory_allocated``. Inference: ``speechtl.transcribe`` (30-s
 padding and short clips) and the transformers pipeline on the same test clips, bf16 weights, greedy,
@@ -44,7 +44,7 @@ def _sync(device) -> None:
 def train_throughput(args: argparse.Namespace, train_utts: list, device) -> dict[str, Any]:
     import torch
 
-    from speechtl.train import train
+    from speechtl.training import train
 
     total = args.warmup + args.steps + 1
     keys = ["lora_r=8", "lora_alpha=16", "target_modules=q_proj,v_proj", "lr=3e-4", f"max_steps={total}",

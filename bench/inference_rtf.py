@@ -285,7 +285,7 @@ def _adapter(work: Path, train_manifest: Path) -> tuple[Path, float | None]:
 
 
 def _exports(work: Path, adapter: Path | None, name: str) -> dict[str, str]:
-    from speechtl.export import export
+    from speechtl.exporting import export
 
     folders = {}
     for fmt, q in (("transformers", None), ("ct2", "int8"), ("ct2", "int8_float32"), ("ct2", "float32")):

@@ -6,7 +6,7 @@ Run by hand (a few minutes on 2 cores for whisper-tiny.en; add whisper-base for 
     .venv/bin/python bench/memory.py [--models whisper-tiny.en whisper-base] [--batch-seconds 40 --steps 3]
 
 Each (model, method) runs in its own child process: the speechtl-adapt recipe (``speechtl.recipes``:
-batches of ``batch_seconds`` audio, short clips) + ``speechtl.train.train`` for ``--steps`` AdamW steps
+batches of ``batch_seconds`` audio, short clips) + ``speechtl.training.train`` for ``--steps`` AdamW steps
 on the same clips (speechocean762 train, synthetic fallback when absent), fp32 on CPU. Reported per method: peak RSS
 (``getrusage`` of the child), RSS once the model is loaded and adapted, and what torch holds for
 training: parameter bytes, gradient bytes (one per trainable parameter) and AdamW state bytes
@@ -51,7 +51,7 @@ def _tensor_bytes(obj: Any) -> int:
 def run_method(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from speechtl.train import train
+    from speechtl.training import train
 
     keys = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in METHODS[spec["method"]].items()]
     keys += [f"batch_seconds={spec['batch_seconds']}", "lr=1e-4", f"max_steps={spec['steps']}", "precision=fp32",

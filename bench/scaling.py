@@ -37,7 +37,7 @@ def adapt_once(utts: list, batch_seconds: float, *, max_steps: int | None = None
     from speechtl import recipes
     from speechtl.config import load_config
     from speechtl.data.manifest import write_manifest
-    from speechtl.train import train
+    from speechtl.training import train
 
     keys = ["lora_r=8", "lora_alpha=16", "target_modules=q_proj,v_proj", "lr=3e-4", "epochs=1",
             f"max_steps={'null' if max_steps is None else max_steps}", f"batch_seconds={batch_seconds}",

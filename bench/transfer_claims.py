@@ -9,7 +9,7 @@
 For each: the same architecture from random initialisation (``scratch``, every weight trains)
 versus the pretrained backbone with ``features`` (frozen, new head), ``lora`` and ``finetune``,
 at 5 %, 20 % and 100 % of the training labels (nested, stratified subsets). Every run goes through
-the classification recipe (``speechtl.recipes.classify``) and ``speechtl.train.train``; the test set
+the classification recipe (``speechtl.recipes.classify``) and ``speechtl.training.train``; the test set
 is scored once at the end
 (accuracy and macro-F1), never used to choose anything. Hyper-parameters are fixed in advance
 (:data:`EXPERIMENTS`), not tuned.
@@ -54,7 +54,7 @@ from speechtl.data.classify import (
     write_classify_manifest,
 )
 from speechtl.fileio import atomic_write_text
-from speechtl.train import train
+from speechtl.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("scratch", "features", "lora", "finetune")

@@ -15,16 +15,16 @@ _LAZY = {
     "load_audio": ".audio",
     "create_backbone": ".backbones",
     "list_backbones": ".backbones",
-    "transcribe": ".transcribe",
+    "transcribe": ".transcription",
     "adapt": ".transfer",
     "AdaptedModel": ".transfer",
     "load_adapter": ".adapters",
-    "train": ".train",
-    "TrainConfig": ".train",
-    "evaluate": ".evaluate",
-    "export": ".export",
-    "Report": ".evaluate",
-    "compare": ".evaluate",
+    "train": ".training",
+    "TrainConfig": ".training",
+    "evaluate": ".evaluation",
+    "export": ".exporting",
+    "Report": ".evaluation",
+    "compare": ".evaluation",
     "read_manifest": ".data",
     "write_manifest": ".data",
     "AccentClassifier": ".routing",
@@ -37,15 +37,7 @@ _LAZY = {
 __all__ = ["AudioError", "ModelNotFoundError", "SpeechtlError", *_LAZY]
 
 
-# These names are both a submodule and its main function: the submodule itself is callable
-# (see speechtl/_callable.py), so `speechtl.transcribe(...)` and `import speechtl.transcribe as t`
-# both work whichever happens first.
-_CALLABLE_MODULES = {"transcribe", "train", "evaluate", "export"}
-
-
 def __getattr__(name: str) -> Any:
-    if name in _CALLABLE_MODULES:
-        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value

@@ -1,6 +1,6 @@
 """Configuration: dataclasses whose fields are the keyword arguments of the functions they feed.
 
-``AdaptConfig`` feeds :func:`speechtl.transfer.adapt`, ``TrainConfig`` :func:`speechtl.train.train`
+``AdaptConfig`` feeds :func:`speechtl.transfer.adapt`, ``TrainConfig`` :func:`speechtl.training.train`
 and ``DataConfig`` the data loading of ``speechtl-adapt``. Keys are unique across the three, so a
 YAML file or command line can use flat keys (``lr=3e-4 lora_r=16``); a YAML file may also group
 them under ``adapt:``, ``train:`` and ``data:`` (as the resolved config written beside every run
@@ -63,7 +63,7 @@ class AdaptConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop's settings (see :func:`speechtl.train.train`)."""
+    """The training loop's settings (see :func:`speechtl.training.train`)."""
 
     lr: float = 1e-4
     weight_decay: float = 0.01

@@ -62,7 +62,7 @@ def run(out: str | os.PathLike, *, model: str = "whisper-tiny.en", per_accent: i
     from .data import read_manifest, split_by_speaker, write_manifest
     from .data.importers import import_speechocean762
     from .data.synth import build_corpus
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     torch.manual_seed(seed)
     out = Path(out)

@@ -35,7 +35,7 @@ def resolve_ct2_folder(model: str | os.PathLike) -> Path:
         raise ModelNotFoundError(f"{model}: not a folder nor a packaged model ({', '.join(sorted(PACKAGED))}); "
                                  "--engine ct2 takes a CTranslate2 Whisper folder (speechtl-export --format ct2)")
     from .checksums import CHECKSUMS, verify_checksums
-    from .export import EXPORT_INFO, verify_export
+    from .exporting import EXPORT_INFO, verify_export
 
     if (folder / EXPORT_INFO).is_file():
         verify_export(folder)

@@ -1,6 +1,6 @@
 """Tasks: what turns a batch into a loss (and into predictions for the dev metric).
 
-The training loop (:mod:`speechtl.train`) knows nothing about speech: it calls
+The training loop (:mod:`speechtl.training`) knows nothing about speech: it calls
 ``task.loss(model, batch)``. A task knows its data: ``collate(items) -> batch`` builds the batch
 from dataset items (dicts such as ``{"id", "audio", "text", "accent", "speaker"}``) and
 ``predict(model, batch)`` gives what the dev metric compares.
@@ -128,7 +128,7 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 def asr_dev_fn(
     task: CTCASRTask, loader: Iterable[Batch], *, normalizer: str = "whisper", beam_size: int = 1
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """A ``dev_fn`` for :func:`speechtl.train.train`: decode ``loader`` and return ``{"wer", "cer", "utterances"}``."""
+    """A ``dev_fn`` for :func:`speechtl.training.train`: decode ``loader`` and return ``{"wer", "cer", "utterances"}``."""
     from .wer import cer, wer
 
     def dev_fn(model: nn.Module) -> dict[str, float]:

@@ -130,7 +130,7 @@ def saved_whisper_adapter(tmp: Path, method: str = "lora") -> Path:
 
 def exported(tmp: Path, damage: str) -> Path:
     """A ct2 export of the random Whisper, then damaged: ``truncate`` model.bin, ``flip`` a byte, ``drop`` a file."""
-    from speechtl.export import export
+    from speechtl.exporting import export
 
     out = export(MODEL, tmp / "exported", format="ct2", quantization="float32")
     target = out / "model.bin"
@@ -293,7 +293,7 @@ CASES: dict[str, Case] = {
     "transcribe/ct2 on a folder that is not CTranslate2": Case(
         "transcribe", _ct2(lambda t: _folder(t / "notes")), ("notes", "not a CTranslate2 model folder")),
     "transcribe/ct2 on a transformers folder": Case(
-        "transcribe", _ct2(lambda t: __import__("speechtl.export", fromlist=["export"]).export(MODEL, t / "hf")),
+        "transcribe", _ct2(lambda t: __import__("speechtl.exporting", fromlist=["export"]).export(MODEL, t / "hf")),
         ("hf", "transformers folder", "--engine torch", "--format ct2")),
     "transcribe/ct2 with an adapter": Case(
         "transcribe", lambda t: [*_ct2(lambda t: "whisper-tiny.en")(t), "--adapter", str(saved_whisper_adapter(t))],

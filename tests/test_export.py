@@ -15,7 +15,7 @@ from speechtl.cli.transcribe import main as transcribe_main
 from speechtl.decoding import DecodeOptions
 from speechtl.engines import Ct2Whisper
 from speechtl.errors import SpeechtlError
-from speechtl.export import export, verify_export
+from speechtl.exporting import export, verify_export
 from speechtl.transfer import adapt
 
 PLAIN = DecodeOptions.plain(max_new_tokens=20)
@@ -99,7 +99,7 @@ def test_pipeline_on_the_export_gives_speechtls_transcripts(lora, tmp_path, wave
     from transformers import pipeline
 
     model, adapter = lora
-    out = speechtl.export(None, tmp_path / "hf", adapter=adapter)  # the module is callable as the function
+    out = speechtl.export(None, tmp_path / "hf", adapter=adapter)  # the public call
     ours = speechtl.transcribe(model, waves, decode_options=PLAIN)
     pipe = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
     theirs = [o["text"].strip() for o in pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=2,

@@ -35,7 +35,7 @@ from speechtl.data.classify import (
 )
 from speechtl.data.manifest import ManifestError
 from speechtl.errors import SpeechtlError
-from speechtl.train import train
+from speechtl.training import train
 from speechtl.transfer import adapt
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from speechtl.config import TrainConfig
 from speechtl.errors import SpeechtlError
-from speechtl.train import train
+from speechtl.training import train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -157,7 +157,7 @@ def test_disk_full_while_saving_keeps_the_old_checkpoint_and_names_the_file(tmp_
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("speechtl.train.torch.save", full)
+    monkeypatch.setattr("speechtl.training.torch.save", full)
     with pytest.raises(SpeechtlError, match=r"checkpoints/last.pt: cannot write the checkpoint \(No space left"):
         run(tmp_path, resume=True, max_steps=4)
     assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before  # nothing half-written, nothing lost

@@ -170,7 +170,7 @@ def test_augmentation_from_the_config_and_fresh_each_epoch_in_training(two_part_
 
     from speechtl.config import DataConfig
     from speechtl.data.loader import augmentation
-    from speechtl.train import batch_stream
+    from speechtl.training import batch_stream
 
     assert augmentation(DataConfig()) == {"speed_perturb": None, "noise_snr": None}
     assert augmentation(DataConfig(speed_perturb=[0.9, 1.1], noise_snr=[10, 30])) == {

@@ -15,10 +15,10 @@ from speechtl.backbones import create_backbone
 from speechtl.cli.eval import main as eval_main
 from speechtl.cli.transcribe import main as transcribe_main
 from speechtl.errors import SpeechtlError
-from speechtl.evaluate import Report, UtteranceRecord, evaluate
+from speechtl.evaluation import Report, UtteranceRecord, evaluate
 from speechtl.routing import AccentClassifier, Route, Router, parse_adapter_specs, pool_by_group
 from speechtl.tasks import ClassificationTask
-from speechtl.transcribe import transcribe
+from speechtl.transcription import transcribe
 from speechtl.transfer import adapt
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from speechtl.config import TrainConfig
 from speechtl.errors import SpeechtlError
-from speechtl.train import autocast_context, lr_lambda, train
+from speechtl.training import autocast_context, lr_lambda, train
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,7 +13,7 @@ from speechtl.config import AdaptConfig, TrainConfig, all_keys, load_config
 from speechtl.errors import SpeechtlError
 from speechtl.specaug import SpecAugment, spec_module
 from speechtl.tasks import ClassificationTask, CTCASRTask, Seq2SeqASRTask, task_for
-from speechtl.train import train
+from speechtl.training import train
 from speechtl.transfer import CharVocab, ClassifierHead, CTCHead, LayerMix, adapt
 
 

@@ -31,7 +31,7 @@ def add_routing_args(p: argparse.ArgumentParser, *, route_by: tuple[str, ...] = 
 
 
 def routing_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :func:`speechtl.transcribe.transcribe` for routing (empty when not routing)."""
+    """Keyword arguments of :func:`speechtl.transcription.transcribe` for routing (empty when not routing)."""
     from ..routing import parse_adapter_specs
 
     adapters = parse_adapter_specs(args.adapters)

@@ -69,7 +69,7 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..evaluate import Report, Routing, evaluate
+    from ..evaluation import Report, Routing, evaluate
     from ..plots import plot_learning_curves
     from ..render import forgetting_line, system_name
 

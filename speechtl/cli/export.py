@@ -18,7 +18,7 @@ from ._common import add_common_args, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..export import FORMATS, QUANTIZATIONS
+    from ..exporting import FORMATS, QUANTIZATIONS
 
     p = argparse.ArgumentParser(prog="speechtl-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..export import export
+    from ..exporting import export
 
     t0 = time.perf_counter()
     out = export(args.model, args.out, adapter=args.adapter, format=args.format, quantization=args.quantization,

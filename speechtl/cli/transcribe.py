@@ -82,7 +82,7 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
 
 def _run(args: argparse.Namespace) -> int:
     from ..subtitles import subtitle_paths
-    from ..transcribe import format_transcript, load_model, transcribe
+    from ..transcription import format_transcript, load_model, transcribe
 
     if args.engine == "ct2" and (args.adapter or args.adapters or args.accent_classifier):
         raise SpeechtlError("the ct2 engine runs exported models: export the adapted model first "

@@ -13,7 +13,7 @@ Example lines::
 
 :class:`ClassifyDataset` yields ``{"id", "input", "label"}`` dicts (``input`` is an RGB PIL image
 or a string); :class:`ClassifyTask` batches them for any image or text backbone adapted with a
-classifier head and trains through :func:`speechtl.train.train` like the speech tasks.
+classifier head and trains through :func:`speechtl.training.train` like the speech tasks.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def predict_all(task: ClassifyTask, model: nn.Module, loader: Iterable[dict[str,
 
 
 def classify_dev_fn(task: ClassifyTask, loader: Iterable[dict[str, Any]]) -> Callable[[nn.Module], dict[str, float]]:
-    """A ``dev_fn`` for :func:`speechtl.train.train` giving ``accuracy``, ``macro_f1``, ``error`` and ``examples``."""
+    """A ``dev_fn`` for :func:`speechtl.training.train` giving ``accuracy``, ``macro_f1``, ``error`` and ``examples``."""
 
     def dev_fn(model: nn.Module) -> dict[str, float]:
         return classification_metrics(*predict_all(task, model, loader))

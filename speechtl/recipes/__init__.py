@@ -62,7 +62,7 @@ def build(inputs: RunInputs, cfg: RunConfig, *, task: str = "auto", backbone=Non
     With ``resume_dir`` the resolved config must match the interrupted run's saved one.
     """
     from ..backbones import create_backbone
-    from ..train import seed_everything
+    from ..training import seed_everything
 
     seed_everything(cfg.train.seed)
     if backbone is None:
@@ -83,7 +83,7 @@ def execute(run: Run, out: str | os.PathLike, *, resume: bool = False, world: in
     ``out`` must have been prepared (:func:`prepare_out`). Only rank 0 writes; other ranks return
     after training with ``adapter`` None.
     """
-    from ..train import train
+    from ..training import train
 
     out = Path(out)
     model = run.model

@@ -30,7 +30,7 @@ class RunInputs:
 
 @dataclass
 class Run:
-    """A training run wired by a recipe, ready for :func:`speechtl.train.train`.
+    """A training run wired by a recipe, ready for :func:`speechtl.training.train`.
 
     ``after_training(out)`` scores what the run promises beyond its dev metric (accent-id's
     confusion matrix); it returns an object with ``format_table()``, or None.
@@ -53,7 +53,7 @@ class RunResult:
     """What :func:`speechtl.recipes.execute` leaves: the training result, the adapter and the summary."""
 
     run: Run
-    train: Any  # speechtl.train.TrainResult
+    train: Any  # speechtl.training.TrainResult
     adapter: Path | None
     summary: dict[str, Any]
     report: Any = None

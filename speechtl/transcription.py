@@ -307,8 +307,3 @@ def format_transcript(path: str, t: Transcript, fmt: str = "tsv") -> str:
     if fmt != "tsv":
         raise SpeechtlError(f"output format {fmt!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
     return f"{path}\t{t.text}" + (f"\t{t.route.name}" if t.route is not None else "") + "\n"
-
-
-from ._callable import callable_module  # noqa: E402
-
-callable_module(__name__, "transcribe")

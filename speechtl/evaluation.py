@@ -205,7 +205,7 @@ def evaluate(
     """Transcribe ``manifest`` with ``model`` (+ ``adapter``) and measure WER per accent.
 
     Args:
-        model: a backbone name, folder or object (see :func:`speechtl.transcribe.transcribe`);
+        model: a backbone name, folder or object (see :func:`speechtl.transcription.transcribe`);
             only recorded in the report when ``transcriber`` is given. With ``router`` it names
             the model (None: the router's backbone).
         manifest: a JSONL manifest path or a list of :class:`Utterance`.
@@ -326,7 +326,7 @@ def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.Path
 
     With ``routing``, ``(texts, routes)``: :func:`speechtl.transcribe` routes each utterance (with
     ``by="speaker"``, a speaker's utterances together) and runs it with the adapter its route picks."""
-    from .transcribe import transcribe
+    from .transcription import transcribe
 
     if routing is not None:
         model = routing.router.backbone
@@ -371,8 +371,3 @@ def _version() -> str:
         return __version__
     except ImportError:
         return "unknown"
-
-
-from ._callable import callable_module  # noqa: E402
-
-callable_module(__name__, "evaluate")

@@ -415,8 +415,3 @@ def _record_step(line: str) -> float:
         return json.loads(line).get("step", 0)
     except (ValueError, AttributeError):
         return math.inf
-
-
-from ._callable import callable_module  # noqa: E402
-
-callable_module(__name__, "train")

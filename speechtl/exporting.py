@@ -210,8 +210,3 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-from ._callable import callable_module  # noqa: E402
-
-callable_module(__name__, "export")
