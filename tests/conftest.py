@@ -4,12 +4,24 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_whisper import EOT, NO_TS, SOT, SPECIALS, VOCAB, ctranslate2_or_skip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPEECHTL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module: tiny models run fastest so, and the test machines are shared."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +48,105 @@ def sine_wav(tmp_path):
         return path
 
     return make
+
+
+# -- tiny random Whisper in transformers and CTranslate2 form, and a packaged model backed by it --
+
+
+@pytest.fixture(scope="session")
+def random_hf(tmp_path_factory) -> Path:
+    """A tiny random transformers Whisper (d_model 64, 2+2 layers) with a byte-level Whisper tokenizer."""
+    import torch
+    from tokenizers import pre_tokenizers
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizer
+
+    folder = tmp_path_factory.mktemp("random_hf")
+    vocab = {s: i for i, s in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = EOT
+    tok = WhisperTokenizer(vocab=vocab, merges=[], additional_special_tokens=SPECIALS[1:])
+    assert [tok.convert_tokens_to_ids(s) for s in SPECIALS] == list(range(EOT, NO_TS + 1))
+    tok.save_pretrained(folder)
+
+    config = WhisperConfig(
+        vocab_size=VOCAB,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=32,
+        decoder_start_token_id=SOT,
+        pad_token_id=EOT,
+        bos_token_id=EOT,
+        eos_token_id=EOT,
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # Random layer norms and biases too, so that a swapped or dropped tensor cannot go unnoticed; at this
+        # scale greedy decoding depends on the audio and on the prompt (smaller weights repeat one token).
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.1)
+            else:
+                p.normal_(0.0, 0.2)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=SOT,
+        eos_token_id=EOT,
+        pad_token_id=EOT,
+        bos_token_id=EOT,
+        suppress_tokens=[],
+        begin_suppress_tokens=[220, EOT],
+    )
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_ct2(random_hf, tmp_path_factory):
+    """``quantization -> CTranslate2 folder`` of the random model, converted once per quantization."""
+    made: dict[str, Path] = {}
+
+    def get(quantization: str) -> Path:
+        if quantization not in made:
+            ctranslate2 = ctranslate2_or_skip()
+            out = tmp_path_factory.mktemp(f"ct2_{quantization}") / "model"
+            conv = ctranslate2.converters.TransformersConverter(str(random_hf), copy_files=["tokenizer.json"])
+            conv.convert(str(out), quantization=quantization)
+            made[quantization] = out
+        return made[quantization]
+
+    return get
+
+
+@pytest.fixture
+def fake_packaged(random_ct2, tmp_path, monkeypatch):
+    """A packaged model backed by an importable package in tmp_path, and an empty cache."""
+    import hashlib
+    import shutil
+
+    from speechtl.convert.packaged import FORMAT_VERSION, PACKAGED, PackagedModel
+
+    pkg = tmp_path / "site" / "speechtl_fake_weights"
+    shutil.copytree(random_ct2("float16"), pkg / "model")
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    digest = hashlib.sha256((pkg / "model" / "model.bin").read_bytes()).hexdigest()
+    monkeypatch.setitem(
+        PACKAGED,
+        "whisper-fake",
+        PackagedModel(
+            name="whisper-fake",
+            description="random test model",
+            distributions=("speechtl-fake-weights==1.0",),
+            model_bin=(("speechtl_fake_weights", "model/model.bin"),),
+            files=("speechtl_fake_weights", "model"),
+            model_bin_sha256=digest,
+        ),
+    )
+    monkeypatch.setenv("SPEECHTL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "models" / f"v{FORMAT_VERSION}" / "whisper-fake"

@@ -21,12 +21,7 @@ from speechtl.transfer import adapt
 ACCENTS = ("hiss", "hum")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def accent_clip(accent: str, seconds: float, rng: np.random.Generator) -> np.ndarray:

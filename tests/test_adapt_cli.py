@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import yaml
 
 from speechtl.adapters import load_adapter, read_adapter_meta
@@ -15,12 +14,7 @@ from speechtl.backbones import create_backbone
 from speechtl.cli.adapt import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

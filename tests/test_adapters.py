@@ -22,13 +22,7 @@ from speechtl.errors import SpeechtlError
 from speechtl.transfer import adapt, adapted_with
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest single-threaded, and the test machines are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _waves(n: int = 2, seconds: float = 0.6) -> list[np.ndarray]:

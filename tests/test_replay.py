@@ -19,12 +19,7 @@ from speechtl.tasks import task_for
 from speechtl.transfer import adapt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_replay_sampler_mixes_the_set_fraction_reproducibly():

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from speechtl.adapters import load_adapter
 from speechtl.backbones import create_backbone
 from speechtl.cli.eval import main as eval_main
 from speechtl.cli.transcribe import main as transcribe_main
@@ -27,12 +28,7 @@ from test_accent_id import accent_clip  # noqa: E402
 MODEL = "wav2vec2-tiny-random"  # CTC decoding: fast and deterministic
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_lora(folder: Path, seed: int, method: str = "lora") -> Path:
@@ -163,22 +159,41 @@ def test_speaker_routing_pools_the_evidence_of_a_speakers_utterances(setup):
         transcribe(create_backbone(MODEL), test, speakers=speakers)
 
 
+def merged_mixture(adapters: dict[str, Path], weights: dict[str, float]):
+    """A plain backbone whose weights are W + sum_k weights[k] * (merged_k - W), each adapter merged on its own."""
+    backbone = create_backbone(MODEL)
+    base = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    merged = {}
+    for accent, folder in adapters.items():
+        model = load_adapter(create_backbone(MODEL), folder)
+        model.merge_adapter()
+        merged[accent] = model.backbone.model.state_dict()
+    backbone.model.load_state_dict({k: v + sum(w * (merged[a][k] - v) for a, w in weights.items())
+                                    for k, v in base.items()})
+    return backbone
+
+
 def test_soft_route_with_one_hot_probabilities_equals_hard_route(setup):
     test, adapters = setup["test"], setup["adapters"]
+    alone = {a: transcribe(create_backbone(MODEL), test, adapter=d) for a, d in adapters.items()}
+    assert all(alone["hiss"][i] != alone["hum"][i] for i in range(4))  # each clip tells the adapters apart
     one_hot = FixedClassifier(["hiss", "hum"], [[1, 0], [0, 1], [1, 0], [0, 1]])
     hard = transcribe(create_backbone(MODEL), test, adapters=adapters, accent_classifier=one_hot)
     soft, routes = transcribe(create_backbone(MODEL), test, adapters=adapters, accent_classifier=one_hot, soft=True,
                               return_routes=True)
-    assert soft == hard
+    assert soft == hard == [alone["hiss"][0], alone["hum"][1], alone["hiss"][2], alone["hum"][3]]
     assert routes[0] == Route("hiss", 1.0, {"hiss": 1.0, "hum": 0.0})
-    # A real mixture differs from both adapters, and the model is back to normal afterwards.
-    backbone = create_backbone(MODEL)
-    mixed = FixedClassifier(["hiss", "hum"], [[0.5, 0.5]] * 4)
-    half = transcribe(backbone, test[:1], adapters=adapters, accent_classifier=mixed, soft=True)
-    assert half[0] not in (hard[0], hard[1]) or hard[0] == hard[1]
+    # A real mixture is the probability-weighted sum of the adapters' weight updates: it equals a model whose
+    # weights were averaged by hand, and differs on each clip from either adapter alone.
+    for w in (0.5, 0.3):
+        backbone = create_backbone(MODEL)
+        mixed = FixedClassifier(["hiss", "hum"], [[w, 1 - w]] * 4)
+        texts = transcribe(backbone, test, adapters=adapters, accent_classifier=mixed, soft=True)
+        assert texts == transcribe(merged_mixture(adapters, {"hiss": w, "hum": 1 - w}), test)
+        assert all(texts[i] not in (alone["hiss"][i], alone["hum"][i]) for i in range(4))
+    # ... and the model is back to normal afterwards.
     router = backbone._speechtl_router[1]
-    assert transcribe(backbone, test, adapters=adapters, accent_classifier=mixed, route="hiss") == \
-        transcribe(create_backbone(MODEL), test, adapter=adapters["hiss"])
+    assert transcribe(backbone, test, adapters=adapters, accent_classifier=mixed, route="hiss") == alone["hiss"]
     assert router.model.active_adapter == router.internal["hiss"]
 
 

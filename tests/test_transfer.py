@@ -17,12 +17,7 @@ from speechtl.training import train
 from speechtl.transfer import CharVocab, ClassifierHead, CTCHead, LayerMix, adapt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAMILIES = {"whisper": "whisper-tiny-random", "wav2vec2": "wav2vec2-tiny-random"}
