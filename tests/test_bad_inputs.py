@@ -333,6 +333,19 @@ CASES: dict[str, Case] = {
                                                     str(manifest(t, rows(t))), "--out", str(t / "out")],
                                 ("wav2vec3-tiny",)),
     "adapt/broken JSON": Case("adapt", _adapt(broken_json), ("m.jsonl:2", "not valid JSON")),
+    # A key the chosen method, head or task would silently ignore.
+    "adapt/a LoRA key with method bottleneck": Case(
+        "adapt", _adapt(_with_audio(lambda t: wav(t / "a.wav")), "--method", "bottleneck"),
+        ("lora_r does not apply to method 'bottleneck'", "keys that do:", "bottleneck_dim")),
+    "adapt/a classifier-head key on Whisper's own head": Case(
+        "adapt", _adapt(_with_audio(lambda t: wav(t / "a.wav")), "head_pooling=stats"),
+        ("head_pooling does not apply to method 'lora' with a backbone head", "keys that do:")),
+    "adapt/an image batch key on speech": Case(
+        "adapt", _adapt(_with_audio(lambda t: wav(t / "a.wav")), "batch_size=8"),
+        ("batch_size does not apply to task 'asr'", "batch_seconds")),
+    "adapt/a decoding key on accent-id": Case(
+        "adapt", _adapt(_with_audio(lambda t: wav(t / "a.wav")), "--task", "accent-id", "beam_size=4"),
+        ("beam_size does not apply to task 'accent-id'",)),
     "adapt/missing audio in manifest": Case("adapt", _adapt(_with_audio(lambda t: t / "gone.wav")),
                                             ("gone.wav", "no such audio file")),
     "adapt/NaN samples in training audio": Case(

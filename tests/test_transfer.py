@@ -241,8 +241,25 @@ def test_config_yaml_overrides_and_errors(tmp_path):
 
 
 def test_config_keys_are_unique_and_adapt_keys_are_adapt_arguments():
+    from dataclasses import dataclass, fields
+
+    from speechtl.config import SECTIONS
+
+    # Flat keys (lr=1e-3 on the command line) must name one field of one section: count the fields themselves.
+    declared = [f.name for cls in SECTIONS.values() for f in fields(cls)]
+    twice = sorted(k for k in set(declared) if declared.count(k) > 1)
+    assert not twice, f"config keys in two sections: {twice}"
     keys = all_keys()
-    assert len(keys) == len(set(keys))
+    assert keys == sorted(declared)  # every field is a key, none lost or invented
+
+    @dataclass
+    class Clash:
+        lr: float = 1.0
+
+    with pytest.MonkeyPatch.context() as mp:  # and the index refuses a clash instead of keeping one of the two
+        mp.setitem(SECTIONS, "clash", Clash)
+        with pytest.raises(AssertionError, match="config key lr is in two sections"):
+            all_keys()
     assert {"lr", "epochs", "max_steps", "batch_seconds", "eval_every", "seed", "lora_r", "lora_alpha",
             "target_modules", "short_clips", "warmup_steps", "grad_accum"} <= set(keys)
     assert "lora_r" in AdaptConfig.__dataclass_fields__

@@ -64,7 +64,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def run_cli(
-    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None
+    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+    *, intermixed: bool = False,
 ) -> int:
     """Parse ``argv`` and run ``main(args)``.
 
@@ -74,7 +75,8 @@ def run_cli(
     re-raised with their traceback. Warnings print as one ``warning: ...`` line each (with
     ``--debug`` in Python's usual form). Ctrl-C exits 130 without a traceback.
     """
-    args = parser.parse_args(argv)
+    # intermixed: key=value positionals may come before, between and after the options.
+    args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("SPEECHTL_DEBUG") == "1"
     try:
         with warnings.catch_warnings():

@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(_run, build_parser(), argv)
+    return run_cli(_run, build_parser(), argv, intermixed=True)
 
 
 if __name__ == "__main__":
