@@ -479,5 +479,5 @@ def test_evaluate_real_speech_with_whisper_tiny(shared_data, tmp_path):
     chosen = [u for u in utts if u.speaker == "p225"][:2] + [u for u in utts if u.speaker == "LJ"][:2]
     rep = evaluate("whisper-tiny.en", chosen, n_bootstrap=100, out_dir=tmp_path, progress=False)
     assert set(rep.accents) == {u.accent for u in chosen}
-    assert rep.overall.wer is not None and rep.overall.wer < 0.3
+    assert rep.overall.wer is not None and rep.overall.wer < 0.1  # measured 6.7 % (3 errors in 45 words)
     assert (tmp_path / "report.md").is_file()

@@ -257,7 +257,7 @@ def test_packaged_tiny_en_runs_on_both_engines(shared_data):
     torch_wer = jiwer.wer(refs, [norm(h) for h in speechtl.transcribe("whisper-tiny.en", paths, progress=False)])
     ct2_wer = jiwer.wer(refs, [norm(h) for h in speechtl.transcribe("whisper-tiny.en", paths, engine="ct2")])
     assert abs(torch_wer - ct2_wer) <= 0.01, (torch_wer, ct2_wer)
-    assert ct2_wer < 0.06
+    assert ct2_wer < 0.03, ct2_wer  # measured 1.8 % (4 errors in 227 words) on both engines
 
 
 def test_a_damaged_adapter_is_refused_before_the_base_model_loads(lora, tmp_path, monkeypatch):

@@ -137,9 +137,48 @@ def test_adapt_cli_replays_distils_and_logs_forgetting(tmp_path, manifests, caps
     assert info["replay_utterances"] == 2 and info["replay_dev_utterances"] == 1
     evals = [m["eval"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval" in m]
     assert len(evals) == 2
+    # The base WER on the source dev line, scored here from scratch: the base model, the Whisper normaliser, jiwer.
+    import jiwer
+
+    import speechtl
+    from speechtl.decoding import DecodeOptions
+    from speechtl.wer import get_normalizer
+
+    norm = get_normalizer("whisper")
+    hyp = speechtl.transcribe(create_backbone("whisper-tiny-random"), [tmp_path / "N2.wav"], progress=False,
+                              decode_options=DecodeOptions.plain())[0]  # as dev decoding: one pass at temperature 0
+    base_wer = jiwer.wer(norm("all right"), norm(hyp) or "<empty>")
     for e in evals:
         assert {"wer", "source_wer", "source_wer_base", "forgetting"} <= set(e)
+        assert e["source_wer_base"] == pytest.approx(base_wer)
         assert e["forgetting"] == pytest.approx(max(0.0, e["source_wer"] - e["source_wer_base"]) * 100)
+
+
+def test_forgetting_is_the_rise_of_source_wer_in_points_over_the_base_model():
+    """A known case: the base model scores 10 % WER on the source speech, the adapted one 25 %, then 5 %."""
+    from speechtl.replay import forgetting_dev_fn
+
+    torch.manual_seed(0)
+    model = adapt(create_backbone("wav2vec2-tiny-random"), "lora", lora_r=4)
+    model.eval()
+    probe = torch.randn(1, 8000)
+    with torch.no_grad():
+        base_logits = model.backbone.model(input_values=probe).logits
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    adapted_wers = iter([0.25, 0.05])
+
+    def source_fn(m):  # tells the base model from the adapted one by its outputs
+        with torch.no_grad():
+            is_base = torch.allclose(m.backbone.model(input_values=probe).logits, base_logits)
+        return {"wer": 0.10 if is_base else next(adapted_wers)}
+
+    fn = forgetting_dev_fn(lambda m: {"wer": 0.5}, source_fn, model)
+    assert fn(model) == {"wer": 0.5, "source_wer": 0.25, "source_wer_base": 0.10,
+                         "forgetting": pytest.approx(15.0)}  # 25 % - 10 %, in points
+    assert fn(model) == {"wer": 0.5, "source_wer": 0.05, "source_wer_base": 0.10, "forgetting": 0.0}  # improved
+    assert model.training is False and model.adapter_names == ["default"]
 
 
 def test_adapt_cli_replay_settings_need_a_manifest(tmp_path, manifests, capsys):

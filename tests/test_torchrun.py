@@ -1,0 +1,83 @@
+"""speechtl-adapt under torchrun: two CPU processes (gloo) train one model and end with the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechtl.adapters import load_adapter
+from speechtl.backbones import create_backbone
+
+MODEL = "wav2vec2-tiny-random"
+
+# Runs speechtl-adapt's own main() in each torchrun process and saves that rank's trained tensors.
+WRAPPER = textwrap.dedent('''
+    import os, sys
+    import torch
+    from speechtl import recipes
+    from speechtl.cli import adapt
+
+    torch.set_num_threads(1)
+    execute = recipes.execute
+
+    def keep(run, out, **kw):
+        result = execute(run, out, **kw)
+        state = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+        torch.save(state, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+        return result
+
+    recipes.execute = keep
+    sys.exit(adapt.main(sys.argv[2:]))
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_adapt_under_torchrun_trains_one_model_on_two_ranks(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(9):
+        t = np.arange(int(16000 * (0.4 + 0.05 * i))) / 16000
+        wav = (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+        sf.write(tmp_path / f"u{i}.wav", wav, 16000)
+        rows.append({"id": f"u{i}", "audio": f"u{i}.wav", "text": ["hello there", "yes sir", "go home"][i % 3],
+                     "speaker": f"s{i % 3}", "accent": "A", "split": "dev" if i == 8 else "train"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "wrapper.py").write_text(WRAPPER)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(tmp_path / "wrapper.py"), str(tmp_path),
+           "--model", MODEL, "--method", "lora", "--train", str(tmp_path / "m.jsonl"), "--out", str(out),
+           "lr=1e-2", "lora_r=4", "max_steps=3", "eval_every=3", "batch_seconds=1", "progress=false", "seed=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2
+    assert json.loads((out / "result.json").read_text())["steps"] == 3
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0] and set(ranks[0]) == set(ranks[1])
+    for name, p in ranks[0].items():  # gradients were averaged: every step moved both ranks alike
+        torch.testing.assert_close(ranks[1][name], p, rtol=0, atol=0, msg=name)
+    assert any(p.abs().sum() > 0 for n, p in ranks[0].items() if "lora_B" in n)  # and they did train
+    # The one adapter written (by rank 0) is that model.
+    saved = load_adapter(create_backbone(MODEL), out / "adapter")
+    mine = {n: p for n, p in saved.named_parameters() if p.requires_grad}
+    assert set(mine) == set(ranks[0])
+    for name, p in ranks[0].items():
+        torch.testing.assert_close(mine[name], p, msg=name)
