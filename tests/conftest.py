@@ -24,6 +24,34 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def tone_manifest(tmp_path):
+    """``make(lines, speaker=...)``: a manifest of short tone clips, one per ``(text, accent, split)`` line.
+
+    Clip ``i`` lasts 0.5 + 0.1 i s at 200 + 60 i Hz with a little noise (fixed seed); ``speaker(i)``
+    names its speaker.
+    """
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    def make(lines, speaker=lambda i: f"s{i}") -> Path:
+        rng = np.random.default_rng(0)
+        rows = []
+        for i, (text, accent, split) in enumerate(lines):
+            t = np.arange(int(16000 * (0.5 + 0.1 * i))) / 16000
+            wav = (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+            sf.write(tmp_path / f"u{i}.wav", wav, 16000)
+            rows.append({"id": f"u{i}", "audio": f"u{i}.wav", "text": text, "speaker": speaker(i), "accent": accent,
+                         "split": split})
+        path = tmp_path / "all.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real accented speech); tests that need it skip on a plain clone."""

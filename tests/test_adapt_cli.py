@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import soundfile as sf
 import yaml
 
 from speechtl.adapters import load_adapter, read_adapter_meta
@@ -18,21 +16,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def manifest(tmp_path):
+def manifest(tone_manifest):
     """Five short tone clips: four of accent A (one of them dev), one of accent B."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, (text, accent, split) in enumerate([("hello there", "A", "train"), ("yes sir", "A", "train"),
-                                               ("go home", "A", "train"), ("no way", "B", "train"),
-                                               ("see you", "A", "dev")]):
-        t = np.arange(int(16000 * (0.5 + 0.1 * i))) / 16000
-        wav = (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
-        sf.write(tmp_path / f"u{i}.wav", wav, 16000)
-        rows.append({"id": f"u{i}", "audio": f"u{i}.wav", "text": text, "speaker": f"s{i % 2}", "accent": accent,
-                     "split": split})
-    path = tmp_path / "all.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return tone_manifest([("hello there", "A", "train"), ("yes sir", "A", "train"), ("go home", "A", "train"),
+                          ("no way", "B", "train"), ("see you", "A", "dev")], speaker=lambda i: f"s{i % 2}")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

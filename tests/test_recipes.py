@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -21,21 +19,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def manifest(tmp_path):
+def manifest(tone_manifest):
     """Six short tone clips of two accents; one of each accent is dev."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, (text, accent, split) in enumerate([("hello there", "A", "train"), ("yes sir", "A", "train"),
-                                               ("go home", "B", "train"), ("no way", "B", "train"),
-                                               ("see you", "A", "dev"), ("all right", "B", "dev")]):
-        t = np.arange(int(16000 * (0.5 + 0.1 * i))) / 16000
-        wav = (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
-        sf.write(tmp_path / f"u{i}.wav", wav, 16000)
-        rows.append({"id": f"u{i}", "audio": f"u{i}.wav", "text": text, "speaker": f"s{i}", "accent": accent,
-                     "split": split})
-    path = tmp_path / "all.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return tone_manifest([("hello there", "A", "train"), ("yes sir", "A", "train"), ("go home", "B", "train"),
+                          ("no way", "B", "train"), ("see you", "A", "dev"), ("all right", "B", "dev")])
 
 
 KEYS = ["lr=1e-2", "log_every=1", "batch_seconds=1.5", "eval_every=2", "progress=false", "lora_r=4", "max_steps=2"]
