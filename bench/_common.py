@@ -36,7 +36,8 @@ def git_state() -> dict[str, Any]:
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # Results that earlier benchmarks wrote (bench/results/) do not change the code being measured.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(status)}
 
 
