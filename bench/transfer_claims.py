@@ -56,6 +56,9 @@ from speechtl.data.classify import (
 from speechtl.fileio import atomic_write_text
 from speechtl.training import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, load_average, machine_facts  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("scratch", "features", "lora", "finetune")
 FRACTIONS = (0.05, 0.2, 1.0)
@@ -223,6 +226,7 @@ def run_experiment(name: str, args: argparse.Namespace) -> dict[str, Any]:
     pool = balanced_pool(split_examples(examples, "train"), spec["train_per_class"], args.seed)
     test_set = balanced_pool(split_examples(examples, "test"), spec["test_per_class"], args.seed)
     t0 = time.time()
+    facts, load_before = machine_facts(), load_average()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for fraction in FRACTIONS:
@@ -254,6 +258,8 @@ def run_experiment(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "runs": [{k: v for k, v in r.items() if k != "predictions"} for r in rows],
         "verdict_5pct": verdict(rows, [ex.label for ex in test_set], 0.05),
         "total_seconds": round(time.time() - t0, 1),
+        "command": command_line(),
+        "machine": {**facts, "load_average_before": load_before, "load_average_after": load_average()},
     }
     atomic_write_text(args.out / f"transfer_{name}{args.suffix}.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.out / f"transfer_{name}{args.suffix}.md", markdown(result))

@@ -78,7 +78,7 @@ def _fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def staging_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
-    """A fresh hidden folder ``.<name>.XXXX.tmp`` beside ``final_dir``, removed on exit.
+    """A fresh hidden folder beside ``final_dir`` (``.<name>.<random>.tmp``), removed on exit.
 
     Beside, so that :func:`atomic_replace_dir` can rename it onto ``final_dir`` (same filesystem).
     It gets the permissions a plain ``mkdir`` would give, not ``mkdtemp``'s private 0700.
