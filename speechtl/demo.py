@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpeechtlError
+from .fileio import out_in_use
 
 ACCENTS = ("us", "gb", "scottish", "german", "french", "russian")
 HELDOUT = ("russian",)
@@ -32,11 +33,7 @@ class DemoResult:
 
 def prepare_out(out: Path, *, overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``, and then only an earlier demo's (keeping its synth/ audio)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise SpeechtlError(f"--out {out} is a file; give a folder")
-    if not any(out.iterdir()):
+    if not out_in_use(out):
         return
     if not overwrite:
         raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace an earlier demo's results, "

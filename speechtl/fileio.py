@@ -136,3 +136,12 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(dirpath))
+
+
+def out_in_use(out: os.PathLike) -> bool:
+    """Whether ``--out`` holds anything: False when it is absent or an empty folder; an error when it is a file."""
+    if not os.path.exists(out):
+        return False
+    if not os.path.isdir(out):
+        raise SpeechtlError(f"--out {out} is a file; give a folder")
+    return any(os.scandir(out))

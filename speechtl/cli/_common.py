@@ -11,20 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ..errors import SpeechtlError
+from ..fileio import out_in_use  # noqa: F401  (the CLIs' check of --out)
 
 T = TypeVar("T")
 EXIT_USAGE = 2
 # OSErrors the user fixes (space, quota, permissions, a read-only disk), not bugs: one line, no traceback.
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
-
-
-def out_in_use(out: os.PathLike) -> bool:
-    """Whether ``--out`` holds anything: False when it is absent or an empty folder; an error when it is a file."""
-    if not os.path.exists(out):
-        return False
-    if not os.path.isdir(out):
-        raise SpeechtlError(f"--out {out} is a file; give a folder")
-    return any(os.scandir(out))
 
 
 def call_printing_warnings(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

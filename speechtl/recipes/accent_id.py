@@ -16,22 +16,11 @@ from typing import Any
 
 from ..config import RunConfig
 from ..errors import SpeechtlError
-from .base import Run, RunInputs, audio_loader, drop_long, select
+from . import asr
+from .base import Run, RunInputs, audio_loader, drop_long
 
 DEFAULTS: dict[str, Any] = {"method": "features", "weighted_layers": True, "head": "classifier",
                             "head_pooling": "stats", "head_norm": True}
-
-
-def utterances(inputs: RunInputs) -> tuple[list, list]:
-    from ..data.manifest import read_manifest
-
-    train_all = read_manifest(inputs.train)
-    train = select(train_all, splits=(None, "train"), accent=None, where=inputs.train)
-    if inputs.dev:
-        dev = select(read_manifest(inputs.dev), splits=(None, "dev"), accent=None, where=inputs.dev)
-    else:
-        dev = select(train_all, splits=("dev",), accent=None, where=f"{inputs.train} (split=dev)")
-    return train, dev
 
 
 def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0) -> Run:
@@ -44,9 +33,7 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
     if inputs.target_accent is not None:
         raise SpeechtlError("--target-accent selects one accent, but --task accent-id learns to tell accents apart; "
                             "leave it out")
-    train_utts, dev_utts = utterances(inputs)
-    if not train_utts:
-        raise SpeechtlError(f"{inputs.train}: no training utterances (split train or none)")
+    train_utts, dev_utts = asr.utterances(inputs, require_text=False)
     labels = sorted({u.accent for u in train_utts})
     if len(labels) < 2:
         raise SpeechtlError(f"{inputs.train}: accent identification needs at least two accents in the training "

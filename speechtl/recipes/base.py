@@ -13,6 +13,7 @@ import yaml
 
 from ..config import RunConfig, TrainConfig
 from ..errors import SpeechtlError
+from ..fileio import out_in_use
 
 # Files a run leaves in its folder; --overwrite removes a folder only when it looks like one.
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "adapter", "result.json")
@@ -97,19 +98,13 @@ def audio_loader(utts: Sequence, rate: int, batch_seconds: float, collate: Calla
 
 def prepare_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool = True) -> None:
     """Check ``out`` for a new run (empty, or an earlier run's folder with ``overwrite``) or for ``resume``."""
-    import os
-
     if overwrite and resume:
         raise SpeechtlError("--overwrite and --resume contradict each other; choose one")
     if resume:
         if not (out / "checkpoints" / "last.pt").is_file():
             raise SpeechtlError(f"{out}: no checkpoints/last.pt to resume from; start a new run instead")
         return
-    if not is_main or not os.path.exists(out):
-        return
-    if not os.path.isdir(out):
-        raise SpeechtlError(f"--out {out} is a file; give a folder")
-    if not any(os.scandir(out)):
+    if not is_main or not out_in_use(out):
         return
     if not overwrite:
         raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it or --resume to continue it")
