@@ -23,6 +23,9 @@ import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, machine_facts  # noqa: E402
+
 from speechtl.data.manifest import validate_manifest
 from speechtl.data.synth import ENGINE_BINARIES, build_corpus
 
@@ -40,8 +43,8 @@ def main() -> int:
     args = ap.parse_args()
     workers = args.workers or os.cpu_count() or 1
     result: dict = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "command": command_line(),
+        "machine": {**machine_facts(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_before": [round(x, 2) for x in os.getloadavg()]},
         "workers": workers,
     }
