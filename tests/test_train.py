@@ -243,8 +243,8 @@ def test_two_process_ddp_matches_one_process_with_the_doubled_batch(tmp_path):
 
     single = toy()
     train(single, MSE(), loader(4, shuffle=False), config=cfg(), out_dir=tmp_path / "single")
-    # fork: the children reuse this process's imports (spawning would import torch twice more).
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    # spawn, not fork: a child forked from a process whose threads hold locks (torch, onnxruntime) can hang.
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in range(2):
         state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for name, p in single.state_dict().items():
