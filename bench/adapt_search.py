@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""The defaults search of ``speechtl-adapt --method lora`` for Whisper: settings at an equal wall-clock budget.
+
+Run by hand on an idle machine (about 4 minutes per setting on 2 cores with the defaults):
+
+    .venv/bin/python bench/adapt_search.py [--model whisper-tiny.en] [--budget 2] [--only a,b]
+
+Each setting is the recipe's defaults plus a few ``key=value`` items, trained on the
+speechocean762 train speakers for ``--budget`` minutes (``max_steps`` from a 12-step calibration
+run of the same setting), then scored by bench/adapt_quality.py's evaluator (greedy, 30-s padding)
+on the dev speakers, which choose the winner, and on the test speakers, who only confirm it.
+Writes ``bench/results/adapt_search[_<model>].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, benchmark_corpus, command_line, finish, load_average, machine_facts, run_child  # noqa: E402
+from adapt_quality import budget_steps, calibrate, lora_settings, records  # noqa: E402
+
+ALL_LINEAR = "target_modules=q_proj,k_proj,v_proj,out_proj,fc1,fc2"
+# name -> (method, keys on top of the recipe's defaults)
+SETTINGS: dict[str, tuple[str, list[str]]] = {
+    "defaults": ("lora", []),
+    "lr3e-4": ("lora", ["lr=3e-4", "warmup_steps=10"]),
+    "lr1e-3": ("lora", ["lr=1e-3", "warmup_steps=10"]),
+    "lr1e-3-all-linear": ("lora", ["lr=1e-3", "warmup_steps=10", ALL_LINEAR]),
+    "lr1e-3-all-linear-r16": ("lora", ["lr=1e-3", "warmup_steps=10", ALL_LINEAR, "lora_r=16", "lora_alpha=32"]),
+    "lr1e-3-all-linear-specaug": ("lora", ["lr=1e-3", "warmup_steps=10", ALL_LINEAR, "specaug=true"]),
+    "lr1e-3-all-linear-batch30": ("lora", ["lr=1e-3", "warmup_steps=10", ALL_LINEAR, "batch_seconds=30"]),
+    "dora-lr1e-3-all-linear": ("dora", ["lr=1e-3", "warmup_steps=10", ALL_LINEAR]),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="whisper-tiny.en")
+    ap.add_argument("--budget", type=float, default=2.0, help="minutes of training per setting")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SETTINGS)}")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/speechtl-search")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    script = str(Path(__file__).resolve().parent / "adapt_quality.py")
+
+    facts = machine_facts()
+    splits, data = benchmark_corpus()
+    train, dev, test = (records(splits[s]) for s in ("train", "dev", "test"))
+    work = Path(args.work)
+    names = [n for n in args.only.split(",") if n] or list(SETTINGS)
+    if "defaults" not in names:
+        names.insert(0, "defaults")  # the reference every setting is judged against
+    rows: list[dict[str, Any]] = []
+    jobs: list[dict[str, Any]] = [{"path": None, "test": True, "lora": lora_settings()}]
+    for name in names:
+        method, keys = SETTINGS[name]
+        lora = lora_settings(keys, method)
+        base = {"model": args.model, "train": train, "lora": lora, "keys": keys, "method": method,
+                "threads": args.threads}
+        per_step, before = calibrate("speechtl", base, args.threads, work / name)
+        steps = budget_steps(args.budget, per_step, before)
+        res = run_child(script, {**base, "side": "speechtl", "seed": args.seed, "max_steps": steps, "marks": [],
+                                 "snapshot_dir": str(work / name)}, threads=args.threads)
+        print(f"{name}: {res['steps']} steps in {res['wall_seconds']} s", flush=True)
+        rows.append({"setting": name, "method": method, "keys": keys, "lora": lora,
+                     "calibration_seconds_per_step": round(per_step, 3), "max_steps": steps,
+                     "steps": res["steps"], "wall_seconds": res["wall_seconds"],
+                     "trainable_parameters": res["trainable_parameters"], "first_loss": res["first_loss"],
+                     "last_loss": res["last_loss"], "load_average_after": load_average()})
+        jobs.append({"path": res["snapshots"][-1]["path"], "lora": lora, "method": method})
+    # Dev scores every setting; test then scores only the bare defaults and the one dev chose.
+    scored = run_child(script, {"side": "eval", "threads": args.threads, "model": args.model, "dev": dev,
+                                "test": test, "jobs": jobs}, threads=args.threads)["rows"]
+    zero = scored[0]
+    for row, s in zip(rows, scored[1:]):
+        row["dev_wer"], row["dev_ci95"] = s["dev"]["wer"], s["dev"]["ci95"]
+    best = min(rows, key=lambda r: r["dev_wer"])
+    confirm = [i for i, r in enumerate(rows) if r is best or r["setting"] == "defaults"]
+    tested = run_child(script, {"side": "eval", "threads": args.threads, "model": args.model, "dev": dev,
+                                "test": test, "jobs": [{**jobs[i + 1], "test": True} for i in confirm]},
+                       threads=args.threads)["rows"]
+    for i, s in zip(confirm, tested):
+        rows[i]["test_wer"], rows[i]["test_ci95"] = s["test"]["wer"], s["test"]["ci95"]
+    suffix = "" if args.model == "whisper-tiny.en" else "_" + args.model.replace("whisper-", "").replace(".", "")
+    out = Path(args.out) if args.out else RESULTS / f"adapt_search{suffix}.json"
+    result = {"bench": "adapt_search", "command": command_line(), "model": args.model, "data": data,
+              "budget_minutes": args.budget, "seed": args.seed, "threads": args.threads,
+              "train_utterances": len(train), "dev_utterances": len(dev), "test_utterances": len(test),
+              "zero_shot": {"dev_wer": zero["dev"]["wer"], "test_wer": zero["test"]["wer"]},
+              "chosen_by_dev": best["setting"], "rows": rows, "machine": facts,
+              "notes": ["Dev speakers choose the setting; test speakers are reported only to confirm it.",
+                        "One seed per setting at an equal wall-clock budget: differences within a dev CI are "
+                        "not separable; bench/adapt_quality.py repeats the chosen defaults over seeds."]}
+    finish(result, out, f"best on dev: {best['setting']} (dev {best['dev_wer']}, test {best['test_wer']})")
+    for r in rows:
+        test = f"  test {100 * r['test_wer']:.2f}%" if "test_wer" in r else ""
+        print(f"  {r['setting']:28s} steps {r['steps']:4d}  dev {100 * r['dev_wer']:.2f}%{test}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
