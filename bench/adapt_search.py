@@ -114,6 +114,13 @@ def main() -> int:
     best = min(allowed, key=lambda r: r["dev_wer"])
     confirm = [i for i, r in enumerate(rows) if (r is best or r["setting"] == "defaults") and "test_wer" not in r]
     by_setting = {r["setting"]: job for r, job in zip(rows[len(earlier):], jobs)}
+    for r in earlier:  # an earlier run's final weights, still in --work
+        path = work / r["setting"] / f"snapshot-{0:02d}.safetensors"
+        if path.is_file():
+            by_setting[r["setting"]] = {"path": str(path), "lora": r["lora"], "method": r["method"]}
+    missing = [rows[i]["setting"] for i in confirm if rows[i]["setting"] not in by_setting]
+    if missing:
+        raise SystemExit(f"no weights of {', '.join(missing)} in {work} to score on test: re-run those settings")
     tested = run_child(script, {"side": "eval", "threads": args.threads, "model": args.model, "dev": dev,
                                 "test": test, "jobs": [{**by_setting[rows[i]["setting"]], "test": True}
                                                        for i in confirm]},
