@@ -56,13 +56,14 @@ def lora_settings(keys: list[str] = (), method: str = "lora") -> dict[str, Any]:
     """The LoRA that ``speechtl-adapt --method lora`` (and ``keys``) trains on Whisper."""
     from speechtl.backbones.whisper import WhisperBackbone
     from speechtl.config import load_config
-    from speechtl.recipes.asr import DEFAULTS
+    from speechtl.recipes.asr import DEFAULTS, backbone_defaults
 
     cfg = load_config(None, list(keys), method=method).with_defaults(DEFAULTS)
-    a = cfg.adapt
+    whisper = backbone_defaults(cfg, WhisperBackbone)  # the class's `task` is all it reads
+    a = cfg.with_defaults(whisper).adapt
     return {"r": a.lora_r, "alpha": a.lora_alpha, "dropout": a.lora_dropout,
             "target_modules": list(a.target_modules or WhisperBackbone.default_adapter_targets),
-            "defaults": DEFAULTS}
+            "defaults": {**DEFAULTS, **whisper}}
 
 
 class _Snapshots:
@@ -291,6 +292,13 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 # -- parent ---------------------------------------------------------------------------------------
 
 
+def model_parameters(model: str) -> int:
+    """The backbone's parameter count (the denominator of the trainable share)."""
+    from speechtl.backbones import create_backbone
+
+    return sum(p.numel() for p in create_backbone(model).parameters())
+
+
 def calibrate(side: str, base: dict[str, Any], threads: int, work: Path) -> tuple[float, float]:
     """(seconds per step, seconds before the first step) of ``side`` over a short run (seed 0).
 
@@ -327,7 +335,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="whisper-tiny.en")
     ap.add_argument("--budget", type=float, default=8.0, help="minutes of training per run (both sides)")
-    ap.add_argument("--marks", default="0.5,1,2,4,6", help="minutes at which each side snapshots its weights")
+    ap.add_argument("--marks", default="0.5,1,2,4,6", help="minutes at which speechtl snapshots its weights")
+    ap.add_argument("--hf-marks", default="2,4,6", help="minutes at which the HF side snapshots its weights (its "
+                                                        "first minute is mostly Dataset.map and warm-up)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-speakers", type=int, default=0, help="use only this many train speakers (0: all)")
@@ -350,7 +360,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     keys = args.keys.split()
     lora = lora_settings(keys)
-    marks = [float(m) for m in args.marks.split(",") if float(m) < args.budget]
+    marks = {side: [float(m) for m in arg.split(",") if float(m) < args.budget]
+             for side, arg in (("speechtl", args.marks), ("hf", args.hf_marks))}
     base = {"model": args.model, "train": train, "lora": lora, "keys": keys, "threads": args.threads}
     seeds = [int(s) for s in args.seeds.split(",")]
 
@@ -362,7 +373,7 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     for seed in seeds:
         for side in ("speechtl", "hf"):
-            spec = {**base, "side": side, "seed": seed, "max_steps": max_steps[side], "marks": marks,
+            spec = {**base, "side": side, "seed": seed, "max_steps": max_steps[side], "marks": marks[side],
                     "snapshot_dir": str(work / f"{side}-seed{seed}")}
             res = run_child(__file__, spec, threads=args.threads)
             res["load_average_after"] = load_average()
@@ -404,6 +415,11 @@ def main() -> int:
         "final_dev_wer": {side: spread([p["final_dev_wer"][side] for p in per_seed]) for side in ("speechtl", "hf")},
         "zero_shot": {"dev_wer": zero["dev"]["wer"], "test_wer": zero["test"]["wer"], "test_ci95": zero["test"]["ci95"]},
     }
+    total = model_parameters(args.model)
+    trainable = next(r["trainable_parameters"] for r in runs if r["side"] == "speechtl")
+    summary["trainable_percent"] = round(100 * trainable / total, 3)
+    summary["speechtl_relative_test_wer_cut"] = spread(
+        [1 - p["final_test_wer"]["speechtl"] / zero["test"]["wer"] for p in per_seed])
     for res in runs:
         for snap in res["snapshots"]:
             snap.pop("path")
@@ -426,12 +442,43 @@ def main() -> int:
             "A side's time to a WER is the first snapshot time at or below it, so it is an upper bound.",
         ],
     }
+    out.with_suffix(".md").write_text(_markdown(result))
     png = _plot(result, out.with_suffix(".png"))
     result["plot"] = str(png.relative_to(RESULTS.parent.parent)) if png.is_relative_to(RESULTS.parent.parent) else str(png)
     ratio = summary["time_ratio_speechtl_over_hf"]
     finish(result, out, f"speechtl reached the HF recipe's best dev WER in {ratio} of its time; final test WER "
                         f"speechtl {summary['final_test_wer']['speechtl']} vs HF {summary['final_test_wer']['hf']}")
     return 0
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    """The result as a table: per seed, the HF recipe's best dev WER, each side's time to it, final test WERs."""
+    s = r["summary"]
+    lines = [f"# Time to quality, {r['model']}: speechtl-adapt --method lora against the HF recipe", "",
+             f"{r['train_speakers']} train speakers ({r['train_utterances']} clips); dev {r['dev_speakers']} speakers "
+             f"(snapshots), test {r['test_speakers']} speakers (final weights only); {r['budget_minutes']:g}-minute "
+             f"budget per run on {r['threads']} threads; zero-shot dev {_pct(s['zero_shot']['dev_wer'])}, test "
+             f"{_pct(s['zero_shot']['test_wer'])}.", "",
+             "| seed | HF best dev WER | HF time to it | speechtl time to it | ratio | final test WER speechtl | "
+             "final test WER HF |", "|---|---|---|---|---|---|---|"]
+    for p in r["per_seed"]:
+        t_s = p["speechtl_seconds_to_hf_best"]
+        lines.append(f"| {p['seed']} | {_pct(p['hf_best_dev_wer'])} | {p['hf_seconds_to_best'] / 60:.1f} min | "
+                     f"{'not reached' if t_s is None else f'{t_s / 60:.1f} min'} | "
+                     f"{p['time_ratio_speechtl_over_hf'] if p['time_ratio_speechtl_over_hf'] is not None else '—'} | "
+                     f"{_pct(p['final_test_wer']['speechtl'])} | {_pct(p['final_test_wer']['hf'])} |")
+    ratio, ft = s["time_ratio_speechtl_over_hf"], s["final_test_wer"]
+    if ratio:
+        lines += ["", f"Median time ratio {ratio['median']} (range {ratio['min']}–{ratio['max']}, {ratio['n']} seeds); "
+                  f"final test WER speechtl {_pct(ft['speechtl']['median'])} ({_pct(ft['speechtl']['min'])}–"
+                  f"{_pct(ft['speechtl']['max'])}) vs HF {_pct(ft['hf']['median'])} ({_pct(ft['hf']['min'])}–"
+                  f"{_pct(ft['hf']['max'])})."]
+    lines += ["", f"Reproduce: `{r['command']}`", ""]
+    return "\n".join(lines)
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path:

@@ -104,3 +104,73 @@ def test_keys_left_at_their_default_never_count_as_set(manifest):
     assert cfg.user_keys == {"lr", "method"} and cfg.adapt.lora_r == 8  # lora_r's default is not an error
     run = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg)
     assert run.model.method == "bottleneck"
+
+
+# -- the recipe's model defaults -------------------------------------------------------------------
+
+
+def _resolved(cfg) -> dict:
+    return {k: v for section in cfg.to_dict().values() for k, v in section.items()}
+
+
+def _as_keys(settings: dict) -> list[str]:
+    def text(v):
+        return ",".join(map(str, v)) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return [f"{k}={text(v)}" for k, v in settings.items()]
+
+
+def test_bare_whisper_lora_run_trains_with_the_searched_defaults(manifest):
+    from speechtl.recipes import asr
+    from speechtl.transfer import injection_report
+
+    run = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)),
+                        load_config(None, ["progress=false"], method="lora"))
+    resolved = _resolved(run.config)
+    chosen = asr.WHISPER_DEFAULTS["lora"]
+    assert chosen, "Whisper's LoRA defaults are empty"
+    # The bare command resolves to exactly the config of a user who typed every default out.
+    typed = load_config(None, ["progress=false", *_as_keys(chosen)], method="lora")
+    assert resolved == _resolved(typed)
+    assert resolved != _resolved(load_config(None, ["progress=false"], method="lora"))
+    # The optimiser and the adapters are the ones the config names, not only the saved config.
+    assert run.train_config.lr == resolved["lr"]
+    replaced = injection_report(run.model).replaced
+    targets = resolved["target_modules"] or ["q_proj", "v_proj"]
+    assert {name.rsplit(".", 1)[-1] for name in replaced} == set(targets)
+    assert "lr" not in run.config.user_keys  # a default, not a key the user set
+
+
+def test_keys_the_user_sets_win_over_whisper_defaults(manifest):
+    from speechtl.transfer import injection_report
+
+    cfg = load_config(None, ["lr=5e-4", "target_regex=.*decoder.*fc1", "progress=false"], method="lora")
+    run = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg)
+    assert run.train_config.lr == 5e-4
+    # Placing the adapters yourself replaces the default placement instead of adding to it.
+    assert run.config.adapt.target_modules == []
+    replaced = injection_report(run.model).replaced
+    assert replaced and all("decoder" in n and n.endswith("fc1") for n in replaced)
+
+
+def test_wav2vec2_runs_do_not_get_whisper_defaults(tone_manifest):
+    from speechtl.config import TrainConfig
+
+    m = tone_manifest([("hello there", "A", "train"), ("go home", "A", "train")])
+    run = recipes.build(recipes.RunInputs("wav2vec2-tiny-random", str(m)), load_config(None, ["progress=false"],
+                                                                                       method="lora"))
+    assert run.train_config.lr == TrainConfig().lr and run.config.adapt.target_modules == []
+
+
+def test_whisper_defaults_are_the_setting_the_committed_search_chose():
+    from pathlib import Path
+
+    from speechtl.recipes import asr
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "adapt_search.json"
+    result = json.loads(path.read_text())
+    row = next(r for r in result["rows"] if r["setting"] == result["chosen_by_dev"])
+    assert row["method"] == "lora"
+    # The winner's keys on top of the defaults the search ran with: what a bare command now resolves to.
+    winner = load_config(None, [*_as_keys(row["lora"]["defaults"]), *row["keys"]], method="lora")
+    assert _resolved(load_config(None, _as_keys(asr.WHISPER_DEFAULTS["lora"]), method="lora")) == _resolved(winner)

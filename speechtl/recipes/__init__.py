@@ -12,8 +12,9 @@ number is the path a user runs::
 
 One recipe per task: :mod:`~speechtl.recipes.asr` (speech recognition),
 :mod:`~speechtl.recipes.classify` (images, texts) and :mod:`~speechtl.recipes.accent_id`.
-Each has its own ``DEFAULTS``, applied wherever the user did not set the key; a key the user
-set that the run's method, head or task would ignore is an error.
+Each has its own ``DEFAULTS`` (the asr recipe also has Whisper's adapter settings,
+``asr.backbone_defaults``), applied wherever the user did not set the key; a key the user set that
+the run's method, head or task would ignore is an error.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def build(inputs: RunInputs, cfg: RunConfig, *, task: str = "auto", backbone=Non
     name = resolve_task(task, backbone)
     recipe = RECIPES[name]
     cfg = cfg.with_defaults(recipe.DEFAULTS, where=f"the {name} recipe's defaults")
+    if hasattr(recipe, "backbone_defaults"):
+        cfg = cfg.with_defaults(recipe.backbone_defaults(cfg, backbone), where=f"the {name} recipe's model defaults")
     data_task = asr.data_task(cfg) if name == "asr" else name
     check_applicable(cfg, task=data_task, head=head_kind(cfg, backbone, name))
     if resume_dir is not None:

@@ -17,8 +17,32 @@ from ..config import RunConfig
 from ..errors import SpeechtlError
 from .base import Run, RunInputs, audio_loader, drop_long, select
 
-# Settings this recipe starts from where the user gave none (none beyond the config's own yet).
+# Settings this recipe starts from where the user gave none, for every speech model (none beyond the config's own).
 DEFAULTS: dict[str, Any] = {}
+
+# What Whisper's adapters train with where the user gave no value: the setting under 1 % of the
+# parameters that bench/adapt_search.py chose on dev speakers at an equal wall-clock budget
+# (bench/results/adapt_search.json): every linear layer, rank 4, lr 1e-3 after 10 warm-up steps, SpecAugment.
+WHISPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"lr": 1e-3, "warmup_steps": 10, "lora_r": 4, "lora_alpha": 8.0, "specaug": True,
+             "target_modules": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]},
+}
+WHISPER_DEFAULTS["dora"] = WHISPER_DEFAULTS["lora"]
+_PLACEMENT = ("target_modules", "target_regex")
+
+
+def backbone_defaults(cfg: RunConfig, backbone) -> dict[str, Any]:
+    """The defaults that depend on the model and the method: Whisper's adapter settings.
+
+    Where the user placed the adapters (``target_modules`` or ``target_regex``) the default
+    placement yields too, rather than adding modules to theirs.
+    """
+    if getattr(backbone, "task", None) != "seq2seq":
+        return {}
+    chosen = dict(WHISPER_DEFAULTS.get(cfg.adapt.method, {}))
+    if cfg.user_keys & set(_PLACEMENT):
+        chosen.pop("target_modules", None)
+    return chosen
 
 
 def data_task(cfg: RunConfig) -> str:
