@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, benchmark_corpus, command_line, finish, load_average, machine_facts, run_child  # noqa: E402
-from adapt_quality import budget_steps, calibrate, lora_settings, records  # noqa: E402
+from adapt_quality import budget_steps, calibrate, lora_settings, model_parameters, records  # noqa: E402
 
 ALL_LINEAR = "target_modules=q_proj,k_proj,v_proj,out_proj,fc1,fc2"
 # name -> (method, keys on top of the recipe's defaults)
@@ -107,7 +107,7 @@ def main() -> int:
     for row, s in zip(rows, scored):
         row["dev_wer"], row["dev_ci95"] = s["dev"]["wer"], s["dev"]["ci95"]
     rows = earlier + rows
-    total = _model_parameters(args.model)
+    total = model_parameters(args.model)
     for row in rows:
         row["trainable_percent"] = round(100 * row["trainable_parameters"] / total, 3)
     allowed = [r for r in rows if r["trainable_percent"] < args.max_trainable_percent]
@@ -145,13 +145,6 @@ def main() -> int:
         print(f"  {r['setting']:30s} {r['trainable_percent']:5.2f}% params  steps {r['steps']:4d}  "
               f"dev {100 * r['dev_wer']:.2f}%{test}")
     return 0
-
-
-def _model_parameters(model: str) -> int:
-    """The backbone's parameter count (the denominator of the trainable share)."""
-    from speechtl.backbones import create_backbone
-
-    return sum(p.numel() for p in create_backbone(model).parameters())
 
 
 if __name__ == "__main__":
