@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from speechtl.adapters import load_adapter, read_adapter_meta
 from speechtl.backbones import create_backbone
 from speechtl.cli.adapt import main as adapt_main
+from speechtl.config import load_config
 from speechtl.tasks import task_for
 from speechtl.transfer import adapt
 
@@ -66,12 +68,14 @@ def test_adapt_cli_trains_saves_and_reloads(tmp_path, manifest, capsys, method):
     assert meta["method"] == method and (out / "adapter" / "adapter_model.safetensors").is_file()
     # The weights as training left them (the best step is the last), put into a fresh model by hand.
     state = torch.load(out / "checkpoints" / "best.pt", weights_only=False)["trainable"]
-    trained = adapt(create_backbone(MODEL), method)
+    # The adapter the run's saved config describes (the recipe's Whisper defaults place it), built by hand.
+    adapt_cfg = dataclasses.asdict(load_config(str(out / "config.yaml"), []).adapt)
+    trained = adapt(create_backbone(MODEL), **adapt_cfg)
     assert set(state) == {n for n, p in trained.named_parameters() if p.requires_grad}
     trained.load_state_dict(state, strict=False)
     reloaded = load_adapter(create_backbone(MODEL), out / "adapter")
     assert reloaded.method == method and reloaded.num_trainable() == trained.num_trainable()
-    base = logits(adapt(create_backbone(MODEL), method))  # an untrained DoRA/IA3 adapter is the base model
+    base = logits(adapt(create_backbone(MODEL), **adapt_cfg))  # an untrained DoRA/IA3 adapter is the base model
     assert not torch.allclose(logits(trained), base, atol=1e-4)  # training moved the adapter
     torch.testing.assert_close(logits(reloaded), logits(trained), rtol=1e-5, atol=1e-6)
 
