@@ -37,15 +37,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, finish, machine_facts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = "Mandarin-L1"
@@ -110,6 +109,7 @@ def main() -> int:
     from speechtl.data.importers import import_speechocean762
     from speechtl.data.synth import build_corpus
     from speechtl.evaluation import Report, evaluate
+    from speechtl.fileio import atomic_write_text
     from speechtl.routing import evaluate_accent_id
 
     shared = Path(args.shared_data)
@@ -117,6 +117,7 @@ def main() -> int:
         sys.exit(f"{shared}: needs speechocean762/ and real/ (see ../shared/data/README.md)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    machine = machine_facts()
     t0 = time.perf_counter()
 
     # -- data -------------------------------------------------------------------------------------
@@ -231,6 +232,8 @@ def main() -> int:
         rows.append(row)
     result = {
         "bench": "accent_forgetting",
+        "command": command_line(),
+        "repeats": 1,
         "model": args.model,
         "steps": args.steps,
         "replay_fraction": args.replay_fraction,
@@ -255,14 +258,13 @@ def main() -> int:
         "accent_id_variants": {k: v.to_json() for k, v in variants.items()},
         "train_wall_seconds": wall,
         "total_seconds": time.perf_counter() - t0,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version(), "load_average": os.getloadavg()},
+        "machine": machine,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accent_forgetting.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "accent_forgetting.md").write_text(_markdown(result))
+    atomic_write_text(out / "accent_forgetting.md", _markdown(result))
     print(_markdown(result))
+    finish(result, out / "accent_forgetting.json", f"accent_forgetting: {len(rows)} systems")
     return 0
 
 
