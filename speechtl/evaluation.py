@@ -20,6 +20,7 @@ The data, statistics and rendering live in :mod:`speechtl.report`, :mod:`speecht
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from collections import Counter
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .comparison import FORGETTING_DEFINITION, AccentChange, Comparison, compare, forgetting
 from .data.manifest import Utterance, read_manifest
+from .decoding import DecodeOptions
 from .errors import SpeechtlError
 from .render import system_name
 from .report import TOP_CONFUSIONS, GroupStats, MacroStats, Report, UtteranceRecord, speaker_totals, summarize
@@ -201,6 +203,7 @@ def evaluate(
     min_prob: float = 0.5,
     soft_route: bool = False,
     route_by: str = "utterance",
+    decode_options: DecodeOptions | None = None,
 ) -> Report:
     """Transcribe ``manifest`` with ``model`` (+ ``adapter``) and measure WER per accent.
 
@@ -227,6 +230,8 @@ def evaluate(
             of ``router``: ``{accent: adapter folder}`` and a classifier folder (or object) are
             loaded onto ``model`` once (:meth:`Routing.build`) and routed by the other four
             (``route_by="speaker"`` needs ``route="auto"``).
+        decode_options: Whisper's decoding and fallback settings (:class:`speechtl.decoding.DecodeOptions`);
+            by default OpenAI's temperature fallback with ``beam_size``. Recorded in the report.
     """
     manifest_name, utts = _read_utterances(manifest, splits)
     if batch_size < 1 or beam_size < 1 or n_bootstrap < 1:
@@ -256,10 +261,10 @@ def evaluate(
         hyps = list(transcriber(list(utts)))
     elif routing is not None:
         hyps, routes = _transcribe(model, utts, adapter=None, batch_size=batch_size, beam_size=beam_size,
-                                   progress=progress, device=device, routing=routing)
+                                   progress=progress, device=device, routing=routing, decode_options=decode_options)
     else:
         hyps = _transcribe(model, utts, adapter=adapter, batch_size=batch_size, beam_size=beam_size,
-                           progress=progress, device=device)
+                           progress=progress, device=device, decode_options=decode_options)
     records = score_utterances(utts, hyps, normalizer=norm, heldout_accents=held)
     if routes is not None:
         for rec, r in zip(records, routes):
@@ -269,7 +274,8 @@ def evaluate(
         "adapter": None if adapter is None else str(adapter),
         "normalizer": norm.name,
         "batch_size": batch_size,
-        "beam_size": beam_size,
+        "beam_size": beam_size if decode_options is None else decode_options.beam_size,
+        **({} if decode_options is None else {"decode_options": dataclasses.asdict(decode_options)}),
         "manifest": manifest_name,
         "splits": dict(sorted(Counter(u.split or "none" for u in utts).items())),
         "target_accent": target_accent,
@@ -321,7 +327,8 @@ def _check_accents(utts: Sequence[Utterance], heldout_accents: Iterable[str], ta
 
 
 def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.PathLike | None, batch_size: int,
-                beam_size: int, progress: bool, device: str | None, routing: Routing | None = None) -> Any:
+                beam_size: int, progress: bool, device: str | None, routing: Routing | None = None,
+                decode_options: DecodeOptions | None = None) -> Any:
     """Transcripts of ``utts`` with a backbone; segments (``offset``/``duration``) are cut first.
 
     With ``routing``, ``(texts, routes)``: :func:`speechtl.transcribe` routes each utterance (with
@@ -346,12 +353,12 @@ def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.Path
         ]
     if routing is None:
         return transcribe(model, audio, batch_size=batch_size, beam_size=beam_size, adapter=adapter,
-                          progress=progress, device=device)
+                          progress=progress, device=device, decode_options=decode_options)
     # Corpora reuse speaker ids: a speaker is (corpus, speaker).
     speakers = [(u.corpus, u.speaker) for u in utts] if routing.by == "speaker" else None
     return transcribe(model, audio, router=routing.router, route=routing.route, min_prob=routing.min_prob,
                       soft=routing.soft, speakers=speakers, return_routes=True, batch_size=batch_size,
-                      beam_size=beam_size, progress=progress, device=device)
+                      beam_size=beam_size, progress=progress, device=device, decode_options=decode_options)
 
 
 # --------------------------------------------------------------------------------------------

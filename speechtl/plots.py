@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 _BASE_COLOR = "#9e9e9e"
 _ADAPTED_COLOR = "#1f77b4"
+_SYSTEM_COLORS = (_ADAPTED_COLOR, "#2ca02c", "#ff7f0e", "#9467bd")
 _HELDOUT_HATCH = "//"
 
 
@@ -34,29 +35,41 @@ def plot_wer_per_accent(
     Held-out accents are hatched and marked †, the target accent is marked *. Accents only in
     one of the two reports are drawn for that report alone.
     """
+    systems: list[tuple[str, Report]] = []
+    if baseline is not None:
+        systems.append((_system_label(baseline, "baseline"), baseline))
+    systems.append((_system_label(report, "adapted" if baseline is not None else "model"), report))
+    return plot_wer_systems(systems, path, title=title)
+
+
+def plot_wer_systems(systems: list[tuple[str, Report]], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Bar chart of WER (%) per accent for several systems side by side, ``[(label, report), ...]``.
+
+    The first system is drawn grey (the baseline), the others in distinct colours; 95 % CI error
+    bars, held-out accents hatched and marked †, the target accent (of the last report) marked *.
+    """
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    rows = report.accent_rows()
-    names = [r["accent"] for r in rows]
-    if baseline is not None:
-        names += [a for a in baseline.accents if a not in names]
+    if not systems:
+        raise SpeechtlError("plot_wer_systems needs at least one (label, report)")
+    last = systems[-1][1]
+    names = [r["accent"] for r in last.accent_rows()]
+    for _, rep in systems:
+        names += [a for a in rep.accents if a not in names]
     labels = []
     for name in names:
-        g = report.accents.get(name) or (baseline.accents.get(name) if baseline else None)
-        mark = ("*" if name == report.target_accent else "") + ("†" if g is not None and g.heldout else "")
+        g = next((rep.accents[name] for _, rep in reversed(systems) if name in rep.accents), None)
+        mark = ("*" if name == last.target_accent else "") + ("†" if g is not None and g.heldout else "")
         labels.append(name + mark)
-
-    systems: list[tuple[str, Report, str]] = []
-    if baseline is not None:
-        systems.append((_system_label(baseline, "baseline"), baseline, _BASE_COLOR))
-    systems.append((_system_label(report, "adapted" if baseline is not None else "model"), report, _ADAPTED_COLOR))
+    colors = [_BASE_COLOR] if len(systems) > 1 else []
+    colors += [_SYSTEM_COLORS[k % len(_SYSTEM_COLORS)] for k in range(len(systems) - len(colors))]
 
     fig = Figure(figsize=(max(5.0, 1.0 + 0.9 * len(names) * len(systems) ** 0.5), 4.2), dpi=120)
     ax = fig.add_subplot()
     width = 0.8 / len(systems)
     top = 0.0
-    for k, (label, rep, color) in enumerate(systems):
+    for k, ((label, rep), color) in enumerate(zip(systems, colors)):
         xs, ys, lo, hi, hatches = [], [], [], [], []
         for i, name in enumerate(names):
             g = rep.accents.get(name)
@@ -84,11 +97,11 @@ def plot_wer_per_accent(
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     handles, texts = ax.get_legend_handles_labels()
-    if any(g.heldout for g in report.accents.values()):
+    if any(g.heldout for _, rep in systems for g in rep.accents.values()):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch=_HELDOUT_HATCH))
         texts.append("held-out accent (†)")
     ax.legend(handles, texts, fontsize=8, loc="upper left")
-    default_title = "WER per accent, 95 % speaker-bootstrap CI" + (" (* target)" if report.target_accent else "")
+    default_title = "WER per accent, 95 % speaker-bootstrap CI" + (" (* target)" if last.target_accent else "")
     ax.set_title(title or default_title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

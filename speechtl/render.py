@@ -219,6 +219,42 @@ def report_table(report: Report, comparison: Comparison | None = None) -> str:
     return "\n".join(out)
 
 
+def systems_table(baseline: tuple[str, Report], systems: list[tuple[str, Report, Comparison]], *,
+                  markdown: bool = False) -> str:
+    """WER per accent of a baseline and of each system beside it, with each system's change and p-value.
+
+    ``baseline`` is ``(label, report)``; ``systems`` are ``(label, report, comparison against the
+    baseline)``. Rows: the baseline's accents (target marked *, held-out †), then ALL.
+    """
+    base_label, base = baseline
+    header = ["accent", "utts", "speakers", f"{base_label} WER %"]
+    for label, _, _ in systems:
+        header += [f"{label} WER %", "change", "p"]
+    rows = []
+    for r in base.accent_rows():
+        g = r["stats"]
+        row = [_accent_label(r["accent"], r["target"], r["heldout"]), g.utterances, g.speakers, _pct(g.wer)]
+        for _, rep, comparison in systems:
+            row += _system_cells(rep.accents.get(r["accent"]), comparison.group(r["accent"]))
+        rows.append(row)
+    row = ["ALL", base.overall.utterances, base.overall.speakers, _pct(base.overall.wer)]
+    for _, rep, comparison in systems:
+        row += _system_cells(rep.overall, comparison.overall)
+    rows.append(row)
+    lines = markdown_table(header, rows) if markdown else text_table(header, rows)
+    notes = [n for n, on in (("* target accent", base.target_accent), ("† held-out accent", base.heldout_accents))
+             if on]
+    notes.append("change: WER points against " + base_label + "; p: paired speaker-bootstrap p-value")
+    lines += [""] + (["; ".join(notes) + "."] if markdown else ["  ".join(notes)])
+    return "\n".join(lines) + "\n"
+
+
+def _system_cells(g: GroupStats | None, c: AccentChange | None) -> list[str]:
+    if g is None:
+        return ["", "", ""]
+    return [_pct(g.wer), "" if c is None else _signed(c.delta), "" if c is None else _p(c.p_value)]
+
+
 # --------------------------------------------------------------------------------------------
 # Comparison
 

@@ -481,3 +481,55 @@ def test_evaluate_real_speech_with_whisper_tiny(shared_data, tmp_path):
     assert set(rep.accents) == {u.accent for u in chosen}
     assert rep.overall.wer is not None and rep.overall.wer < 0.1  # measured 6.7 % (3 errors in 45 words)
     assert (tmp_path / "report.md").is_file()
+
+
+def test_systems_table_puts_each_systems_change_beside_the_baseline(tmp_path):
+    from speechtl.plots import plot_wer_systems
+    from speechtl.render import systems_table
+
+    utts = make_utts({"US": 3, "German": 4, "Scottish": 2}, heldout=("Scottish",))
+    kw = dict(target_accent="German", n_bootstrap=200)
+    base = evaluate("fake", utts, transcriber=corrupt({"US": 1, "German": 5, "Scottish": 1}), **kw)
+    lora = evaluate("fake", utts, transcriber=corrupt({"US": 3, "German": 2, "Scottish": 2}), **kw)
+    routed = evaluate("fake", utts, transcriber=corrupt({"US": 1, "German": 2, "Scottish": 1}), **kw)
+    systems = [("LoRA", lora, lora.compare(base, target_accent="German")),
+               ("routed", routed, routed.compare(base, target_accent="German"))]
+    rows = {line.split()[0]: line.split() for line in systems_table(("zero-shot", base), systems).splitlines()
+            if line.split() and line.split()[0] in ("US", "German*", "Scottish†", "ALL")}
+    # accent, utts, speakers, base WER, then WER / change / p of each system, in the order given.
+    assert rows["German*"][:4] == ["German*", "16", "4", "50.00"]
+    assert rows["German*"][4:6] == ["20.00", "-30.00"] and rows["German*"][7:9] == ["20.00", "-30.00"]
+    assert rows["US"][4:6] == ["30.00", "+20.00"] and rows["US"][7:9] == ["10.00", "+0.00"]
+    assert rows["US"][9] == "1.000"  # routed US is unchanged: p = 1
+    assert rows["Scottish†"][4:6] == ["20.00", "+10.00"] and rows["Scottish†"][7] == "10.00"
+    assert float(rows["German*"][6]) < 0.05
+    assert rows["ALL"][3] == f"{100 * base.overall.wer:.2f}"
+    md = systems_table(("zero-shot", base), systems, markdown=True)
+    assert md.startswith("| accent | utts | speakers | zero-shot WER % | LoRA WER % | change | p | routed WER % |")
+    assert "| German* | 16 | 4 | 50.00 | 20.00 | -30.00 |" in md
+    png = plot_wer_systems([("zero-shot", base), ("LoRA", lora), ("routed", routed)], tmp_path / "w.png")
+    assert png.stat().st_size > 0
+    with pytest.raises(SpeechtlError):
+        plot_wer_systems([], tmp_path / "none.png")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_evaluate_decodes_with_the_decode_options_it_is_given(tone_manifest, monkeypatch):
+    import speechtl.transcription
+    from speechtl.backbones import create_backbone
+    from speechtl.decoding import DecodeOptions
+
+    manifest = tone_manifest([("a tone", "us", "test"), ("another tone", "gb", "test")])
+    model = create_backbone("whisper-tiny-random")
+    real, seen = speechtl.transcription.transcribe, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("decode_options"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(speechtl.transcription, "transcribe", spy)
+    opts = DecodeOptions.plain(max_new_tokens=3)
+    rep = evaluate(model, manifest, decode_options=opts, n_bootstrap=10, progress=False)
+    assert seen == [opts] and len(rep.utterances) == 2
+    assert rep.meta["decode_options"]["max_new_tokens"] == 3 and list(rep.meta["decode_options"]["temperatures"]) == [0.0]
+    json.dumps(rep.to_json())  # the record is plain data
