@@ -5,7 +5,7 @@
    real speech on disk (``../shared/data``: speechocean762 and VCTK/LJSpeech, or
    ``$SPEECHTL_SPEECHOCEAN762``): Mandarin-L1 English as the target, real native speakers held out.
 2. Evaluate whisper-tiny.en zero-shot, WER per accent with 95 % speaker-bootstrap intervals.
-3. LoRA-adapt it to the target accent (the recipe's Whisper defaults).
+3. LoRA-adapt it to the target accent (the recipe's Whisper defaults; 60 steps of 20 s of audio).
 4. Train an accent classifier (target vs native) on the frozen encoder.
 5. Evaluate the adapter on every utterance, then routed: each speaker takes the adapter or the
    base model as the classifier says.
