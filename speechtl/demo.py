@@ -282,17 +282,14 @@ def run(out: str | os.PathLike, *, model: str = "whisper-tiny.en", native_clips:
     atomic_write_text(out / "demo.md", demo_markdown(summary, systems_table(("zero-shot", base), systems,
                                                                            markdown=True)))
     log("\n" + systems_table(("zero-shot", base), systems))
-    log(routes_line(reports["routed"], target))
+    log("routes: " + routes_line(summary))
     return result
 
 
-def routes_line(report, target: str) -> str:
-    """Where each accent's utterances went under routing, e.g. ``routes: gb base 8; german german 50``."""
-    by: dict[str, Counter] = {}
-    for r in report.utterances:
-        by.setdefault(r.accent, Counter())[r.route] += 1
-    return "routes: " + "; ".join(f"{a} " + ", ".join(f"{k} {n}" for k, n in sorted(c.items()))
-                                  for a, c in sorted(by.items()))
+def routes_line(summary: dict[str, Any]) -> str:
+    """Where each accent's utterances went under routing, e.g. ``gb: base 8; german: german 50``."""
+    return "; ".join(f"{a['accent']}: " + ", ".join(f"{k} {n}" for k, n in a["routes"].items())
+                     for a in summary["accents"])
 
 
 def demo_summary(result: DemoResult, *, model: str, max_steps: int, batch_seconds: float,
@@ -344,7 +341,5 @@ def demo_markdown(summary: dict[str, Any], table: str) -> str:
              f"Routed: the accent classifier ({d['classifier_train']} train / {d['classifier_dev']} dev utterances) "
              f"pools its evidence per speaker; below p = {summary['min_prob']} for the target the base model runs. "
              f"Decoding: {summary['decoding']}. Total {summary['seconds']:.0f} s.", "", table.rstrip(), "",
-             "Routes (utterances per accent): " + "; ".join(
-                 f"{a['accent']}: " + ", ".join(f"{k} {n}" for k, n in a["routes"].items())
-                 for a in summary["accents"]), ""]
+             "Routes (utterances per accent): " + routes_line(summary), ""]
     return "\n".join(lines)
