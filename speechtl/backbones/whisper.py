@@ -4,7 +4,10 @@ The encoder runs here rather than through ``WhisperEncoder.forward`` for two rea
 every layer's output is returned (for layer-weighted heads), and clips can be padded only
 to the batch's longest clip instead of 30 s (``short_clips``) by slicing the positional
 embeddings. In that mode padded frames are masked out of the encoder's self-attention, so a
-padded batch gives each clip the same encoder states as encoding it alone.
+padded batch gives each clip the same encoder states as encoding it alone; decoding masks them
+out of the decoder's cross-attention too, so each clip gets the transcript it gets alone.
+(Teacher-forced training does not: gradient checkpointing recomputes the decoder layers outside
+any mask hook, and the few padded states of a length-sorted batch are what the adapters train with.)
 """
 
 from __future__ import annotations
@@ -193,6 +196,40 @@ class WhisperBackbone(nn.Module):
         )
         return out.logits, tgt.to(device)
 
+    @contextlib.contextmanager
+    def _cross_attention_mask(self, states: torch.Tensor, lengths: torch.Tensor | None):
+        """Inside this block the decoder attends only to each clip's own encoder states.
+
+        Used by decoding, for short-clip batches (fewer than 1500 encoder states): at 30 s the model
+        attends to the encoded silence, as it was trained. transformers' Whisper decoder takes no
+        encoder mask, so it is handed to every decoder layer by a hook; rows repeated for beams or samples
+        (``repeat_interleave``, as generation expands the encoder's output) get their clip's mask.
+        """
+        steps = states.shape[1]
+        if lengths is None or steps >= self.model.config.max_source_positions:
+            yield
+            return
+        enc_lengths = torch.div(lengths.to(states.device) + 1, 2, rounding_mode="floor").clamp(max=steps)
+        if bool((enc_lengths >= steps).all()):
+            yield
+            return
+        valid = torch.arange(steps, device=states.device)[None, :] < enc_lengths[:, None]
+        mask = torch.zeros(valid.shape, dtype=states.dtype, device=states.device)
+        mask = mask.masked_fill(~valid, torch.finfo(states.dtype).min)[:, None, None, :]
+
+        def hook(_module, args, kwargs):
+            rows = args[0].shape[0]
+            kwargs["encoder_attention_mask"] = mask if rows == len(mask) else mask.repeat_interleave(
+                rows // len(mask), 0)
+            return args, kwargs
+
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in self.model.model.decoder.layers]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
     @torch.no_grad()
     def generate(
         self, inputs: torch.Tensor, lengths: torch.Tensor, *, beam_size: int = 1, max_new_tokens: int = 128
@@ -238,7 +275,7 @@ class WhisperBackbone(nn.Module):
         # new tokens after the prompt; the prompt and they must fit the decoder's positions
         new = min(max_new_tokens, self.model.config.max_target_positions - len(prompt))
         rng = torch.random.fork_rng(devices=[states.device] if states.device.type == "cuda" else [])
-        with _quiet_transformers(), rng:
+        with _quiet_transformers(), rng, self._cross_attention_mask(states, lengths):
             if sample:
                 torch.manual_seed(seed)
                 # The plain generation loop with the prompt given: Whisper's own generate() treats a
@@ -262,7 +299,8 @@ class WhisperBackbone(nn.Module):
                                                                 skip_special_tokens=True)]
         if not score:
             return [Hypothesis(t, temperature=temperature, tokens=len(s)) for t, s in zip(texts, seqs)]
-        avg, no_speech = self._scores(states, prompt, seqs, eot)
+        with self._cross_attention_mask(states, lengths):
+            avg, no_speech = self._scores(states, prompt, seqs, eot)
         hyps = [Hypothesis(t, a, p, temperature, len([x for x in s if x != eot]))
                 for t, a, p, s in zip(texts, avg, no_speech, seqs)]
         if not sample:
