@@ -159,3 +159,15 @@ def decode_with_fallback(
         if is_silence(h, opts):
             h.text = ""
     return best
+
+
+SHORT_CLIPS = ("auto", "on", "off")
+
+
+def short_clips_mode(value: str | bool) -> bool | None:
+    """``short_clips`` as :func:`speechtl.transcribe` takes it: True (``"on"``), False (``"off"``), None (``"auto"``)."""
+    if isinstance(value, bool):
+        return value
+    if value not in SHORT_CLIPS:
+        raise SpeechtlError(f"short_clips {value!r}: choose one of {', '.join(SHORT_CLIPS)} (or True, False)")
+    return {"auto": None, "on": True, "off": False}[value]

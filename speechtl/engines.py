@@ -119,20 +119,32 @@ class Ct2Whisper:
         self.suppress_tokens = [-1]
         self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
         # Decoder positions: Whisper's 448 unless an export recorded another (small test models).
-        self.max_positions = int(self.info().get("max_target_positions") or 448)
+        info = self.info()
+        self.max_positions = int(info.get("max_target_positions") or 448)
+        # Whether the export may decode unpadded clips (its adapter trained on them; None: not recorded).
+        self.trained_short_clips = info.get("short_clips") if isinstance(info.get("short_clips"), bool) else None
 
     def info(self) -> dict[str, Any]:
         meta = self.folder / "speechtl_export.json"
         return json.loads(meta.read_text()) if meta.is_file() else {"folder": str(self.folder)}
 
-    def prepare(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Log-mel ``(batch, n_mels, 3000)`` of clips padded to 30 s (as the PyTorch engine computes them)."""
+    def prepare(self, waves: list[np.ndarray], short_clips: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Log-mel ``(batch, n_mels, 3000)`` of clips padded to 30 s (as the PyTorch engine computes them).
+
+        With ``short_clips`` the batch is cut to its longest clip (an even frame count); CTCranslate2's
+        encoder takes shorter inputs but has no padding mask, so a shorter clip of the batch keeps the
+        log-mel of silence up to that length (batches hold clips of similar length).
+        """
         feats = self.feature_extractor([np.asarray(w, dtype=np.float32) for w in waves], sampling_rate=16000,
                                        padding="max_length", return_tensors="np").input_features
-        return np.ascontiguousarray(feats, dtype=np.float32), np.array([len(w) // 160 for w in waves])
+        lengths = np.array([min(-(-len(w) // 160), feats.shape[-1]) for w in waves])
+        if short_clips:
+            frames = int(lengths.max())
+            feats = feats[..., : frames + frames % 2]
+        return np.ascontiguousarray(feats, dtype=np.float32), lengths
 
     def decoder_memory(self, inputs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """The encoder's output ``(batch, 1500, d_model)``, kept for the fallback to decode again."""
+        """The encoder's output ``(batch, frames // 2, d_model)``, kept for the fallback to decode again."""
         import ctranslate2
 
         return np.array(self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(inputs)),

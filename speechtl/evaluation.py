@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .comparison import FORGETTING_DEFINITION, AccentChange, Comparison, compare, forgetting
 from .data.manifest import Utterance, read_manifest
-from .decoding import DecodeOptions
+from .decoding import DecodeOptions, short_clips_mode
 from .errors import SpeechtlError
 from .render import system_name
 from .report import TOP_CONFUSIONS, GroupStats, MacroStats, Report, UtteranceRecord, speaker_totals, summarize
@@ -204,6 +204,7 @@ def evaluate(
     soft_route: bool = False,
     route_by: str = "utterance",
     decode_options: DecodeOptions | None = None,
+    short_clips: str | bool = "auto",
 ) -> Report:
     """Transcribe ``manifest`` with ``model`` (+ ``adapter``) and measure WER per accent.
 
@@ -232,7 +233,11 @@ def evaluate(
             (``route_by="speaker"`` needs ``route="auto"``).
         decode_options: Whisper's decoding and fallback settings (:class:`speechtl.decoding.DecodeOptions`);
             by default OpenAI's temperature fallback with ``beam_size``. Recorded in the report.
+        short_clips: Whisper: ``auto`` (default) decodes each route the way its model trained (an
+            adapter trained on unpadded clips decodes them unpadded; the base model at 30 s), ``on``
+            or ``off`` for every route (see :func:`speechtl.transcribe`). Recorded in the report.
     """
+    short_clips_mode(short_clips)  # a bad value fails before any audio is read
     manifest_name, utts = _read_utterances(manifest, splits)
     if batch_size < 1 or beam_size < 1 or n_bootstrap < 1:
         raise SpeechtlError(
@@ -261,10 +266,12 @@ def evaluate(
         hyps = list(transcriber(list(utts)))
     elif routing is not None:
         hyps, routes = _transcribe(model, utts, adapter=None, batch_size=batch_size, beam_size=beam_size,
-                                   progress=progress, device=device, routing=routing, decode_options=decode_options)
+                                   progress=progress, device=device, routing=routing, decode_options=decode_options,
+                                   short_clips=short_clips)
     else:
         hyps = _transcribe(model, utts, adapter=adapter, batch_size=batch_size, beam_size=beam_size,
-                           progress=progress, device=device, decode_options=decode_options)
+                           progress=progress, device=device, decode_options=decode_options,
+                           short_clips=short_clips)
     records = score_utterances(utts, hyps, normalizer=norm, heldout_accents=held)
     if routes is not None:
         for rec, r in zip(records, routes):
@@ -276,6 +283,7 @@ def evaluate(
         "batch_size": batch_size,
         "beam_size": beam_size if decode_options is None else decode_options.beam_size,
         **({} if decode_options is None else {"decode_options": dataclasses.asdict(decode_options)}),
+        "short_clips": {True: "on", False: "off"}.get(short_clips, short_clips),
         "manifest": manifest_name,
         "splits": dict(sorted(Counter(u.split or "none" for u in utts).items())),
         "target_accent": target_accent,
@@ -328,7 +336,7 @@ def _check_accents(utts: Sequence[Utterance], heldout_accents: Iterable[str], ta
 
 def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.PathLike | None, batch_size: int,
                 beam_size: int, progress: bool, device: str | None, routing: Routing | None = None,
-                decode_options: DecodeOptions | None = None) -> Any:
+                decode_options: DecodeOptions | None = None, short_clips: str | bool = "auto") -> Any:
     """Transcripts of ``utts`` with a backbone; segments (``offset``/``duration``) are cut first.
 
     With ``routing``, ``(texts, routes)``: :func:`speechtl.transcribe` routes each utterance (with
@@ -353,12 +361,14 @@ def _transcribe(model: Any, utts: Sequence[Utterance], *, adapter: str | os.Path
         ]
     if routing is None:
         return transcribe(model, audio, batch_size=batch_size, beam_size=beam_size, adapter=adapter,
-                          progress=progress, device=device, decode_options=decode_options)
+                          progress=progress, device=device, decode_options=decode_options,
+                          short_clips=short_clips)
     # Corpora reuse speaker ids: a speaker is (corpus, speaker).
     speakers = [(u.corpus, u.speaker) for u in utts] if routing.by == "speaker" else None
     return transcribe(model, audio, router=routing.router, route=routing.route, min_prob=routing.min_prob,
                       soft=routing.soft, speakers=speakers, return_routes=True, batch_size=batch_size,
-                      beam_size=beam_size, progress=progress, device=device, decode_options=decode_options)
+                      beam_size=beam_size, progress=progress, device=device, decode_options=decode_options,
+                      short_clips=short_clips)
 
 
 # --------------------------------------------------------------------------------------------

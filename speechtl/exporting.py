@@ -12,7 +12,8 @@ LoRA, DoRA and IA3 adapters are merged into the weights; a ``finetune`` run's we
 written as they are. Bottleneck adapters add modules neither format can hold, and a new head
 (``features``) is not a Whisper or CTC model: both are refused. The export folder appears
 complete or not at all, carries ``speechtl_export.json`` (base model and its checksum, adapter
-and its checksum, format, quantization, speechtl version) and ``checksums.json`` over every file,
+and its checksum, format, quantization, whether it may decode unpadded clips (``short_clips``,
+from the adapter), speechtl version) and ``checksums.json`` over every file,
 which every reader checks. The base model's files are only read.
 """
 
@@ -115,6 +116,8 @@ def export(
             "adapter_sha256": saved.weights_sha256,
         },
         "max_target_positions": getattr(hf_model.config, "max_target_positions", None),
+        # Whisper: whether it may decode clips unpadded (its adapter trained so); transcription's auto reads it.
+        "short_clips": None if getattr(backbone, "task", None) != "seq2seq" else bool(saved and saved.short_clips),
         "speechtl_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -141,6 +141,7 @@ class Router:
         self.adapter_dirs = {check_accent_name(a): str(d) for a, d in (adapters or {}).items()}
         self.accents = list(self.adapter_dirs)
         self.internal: dict[str, str] = {}  # accent -> adapter name inside the model (accents may hold any character)
+        self.short_clips: dict[str, bool | None] = {}  # accent -> how its adapter's training padded clips
         self.model = None
         self.method: str | None = None
         saved = {a: SavedAdapter.read(d) for a, d in self.adapter_dirs.items()}
@@ -165,6 +166,7 @@ class Router:
                                     "which differ per adapter; routing switches adapter weights only")
             cfg = ad.shape
             name = f"route{k}"
+            self.short_clips[accent] = ad.short_clips
             self.internal[accent] = name
             state = ad.adapter_state()
             if first_cfg is None:
@@ -256,6 +258,11 @@ class Router:
     def generator(self) -> nn.Module:
         """What transcribes: the adapted model, or the backbone when no adapter was loaded."""
         return self.model if self.model is not None else self.backbone
+
+    def trained_short(self, route: Route) -> bool:
+        """Whether ``route`` runs a model trained on unpadded clips: one adapter saved with
+        ``short_clips: true``. The base model and soft mixtures (partly the base) were not."""
+        return route.weights is None and route.name != BASE and self.short_clips.get(route.name) is True
 
     @contextmanager
     def using(self, route: Route) -> Iterator[None]:

@@ -60,18 +60,22 @@ class Segment:
 
 @dataclass
 class Transcript:
-    """One input's transcript: the segments' texts joined, the segments, and the route it took."""
+    """One input's transcript: the segments' texts joined, the segments, the route it took, and
+    whether Whisper encoded it at its own length (``short_clips``; False: padded to 30 s; None: CTC)."""
 
     text: str
     segments: list[Segment] = field(default_factory=list)
     duration: float = 0.0
     route: Any = None
+    short_clips: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"text": self.text, "duration": round(self.duration, 3),
                                "segments": [s.to_json() for s in self.segments]}
         if self.route is not None:
             row.update(self.route.to_json())
+        if self.short_clips is not None:
+            row["short_clips"] = self.short_clips
         return row
 
 

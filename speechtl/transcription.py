@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import create_backbone
-from .decoding import DecodeOptions, Hypothesis, decode_with_fallback
+from .decoding import DecodeOptions, Hypothesis, decode_with_fallback, short_clips_mode
 from .engines import ENGINES, Ct2Whisper
 from .errors import SpeechtlError
 from .segments import (LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Planned, Segment, Transcript, join_texts, open_source,
@@ -53,6 +53,7 @@ def transcribe(
     max_new_tokens: int = 128,
     max_seconds: float | None = LONG_FORM_LIMIT,
     decode_options: DecodeOptions | None = None,
+    short_clips: str | bool = "auto",
     vad: VadOptions | None = None,
     engine: str = "torch",
     merge_adapter: bool | None = None,
@@ -95,6 +96,13 @@ def transcribe(
         decode_options: Whisper's decoding and fallback settings (:class:`~speechtl.decoding.DecodeOptions`;
             by default OpenAI's thresholds and temperatures with ``beam_size`` and ``max_new_tokens``).
             ``DecodeOptions.plain()`` decodes once at temperature 0.
+        short_clips: Whisper: how far each batch of segments is padded before encoding. ``"auto"``
+            (default) decodes each route the way its model trained: an adapter whose training padded
+            clips only to the batch's longest (``short_clips`` in its ``adapter.json``, the Whisper
+            default of ``speechtl-adapt``; an export records it too) encodes each batch at its longest
+            segment, which is several times faster on short clips; the base model, soft mixtures and
+            adapters trained at 30 s (or saved before the record) pad to 30 s, since the pretrained
+            model loops on unpadded clips. ``"on"`` (True) or ``"off"`` (False) decides for every route.
         vad: voice-activity detection settings for cutting long recordings (:class:`~speechtl.vad.VadOptions`).
         engine: ``"torch"`` (default; adapters and routing) or ``"ct2"`` (CTranslate2 via faster-whisper).
         merge_adapter: fold ``adapter`` into the weights (one set of weights, no adapter layers to run):
@@ -105,6 +113,7 @@ def transcribe(
     """
     if engine not in ENGINES:
         raise SpeechtlError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    forced = short_clips_mode(short_clips)
     if batch_size < 1 or beam_size < 1:
         raise SpeechtlError(f"batch_size and beam_size must be at least 1 (got {batch_size}, {beam_size})")
     if router is not None and (adapters or accent_classifier is not None):
@@ -177,11 +186,14 @@ def transcribe(
         plan += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     show = progress if progress is not None else len(plan) > 1
     hyps: list[Hypothesis | None] = [None] * len(jobs)
+    short: list[bool | None] = [None] * len(jobs)  # how each segment was encoded (None: CTC, no padding)
     with torch.no_grad():
         for idx in tqdm(plan, desc="transcribe", unit="batch", disable=not show):
-            with router.using(routes[idx[0]]) if router is not None else nullcontext():
-                for j, h in zip(idx, _decode_batch(runner, [wave(j) for j in idx], opts, seq2seq)):
-                    hyps[j] = h
+            route_ = routes[idx[0]] if routes else None
+            cut = None if not seq2seq else forced if forced is not None else trained_short(runner, router, route_)
+            with router.using(route_) if router is not None else nullcontext():
+                for j, h in zip(idx, _decode_batch(runner, [wave(j) for j in idx], opts, cut)):
+                    hyps[j], short[j] = h, cut
             for j in idx:
                 held.pop(j, None)  # decoded: its audio is not needed again
 
@@ -197,6 +209,8 @@ def transcribe(
                                                h.temperature if seq2seq else None, speech))
         if routes and transcripts[k].route is None:  # a long input: the route of its segments (one per input)
             transcripts[k].route = routes[j]
+        if transcripts[k].short_clips is None:
+            transcripts[k].short_clips = short[j]
     for t in transcripts:
         t.text = join_texts(t.segments)
     if return_segments:
@@ -249,9 +263,24 @@ def _torch_runner(model, adapter, adapters, accent_classifier, router, soft, rou
     return runner, router
 
 
-def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, seq2seq: bool) -> list[Hypothesis]:
-    """Hypotheses for one batch of segments: features once, then decoding with the fallback."""
-    inputs, lengths = runner.prepare(waves)
+def trained_short(runner, router, route) -> bool:
+    """Whether ``route`` (or ``runner`` without routing) was trained on unpadded clips, so decodes them so.
+
+    A route of an adapter saved with ``short_clips: true`` decodes short; the base model, a soft
+    mixture (partly the base model) and adapters trained at 30 s or saved before the record do not.
+    """
+    if router is not None and route is not None:
+        return router.trained_short(route)
+    return getattr(runner, "trained_short_clips", None) is True
+
+
+def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, short: bool | None) -> list[Hypothesis]:
+    """Hypotheses for one batch of segments: features once, then decoding with the fallback.
+
+    ``short``: Whisper: encode at the batch's longest segment (True) or at 30 s (False); None: CTC.
+    """
+    seq2seq = short is not None
+    inputs, lengths = runner.prepare(waves, short_clips=short) if seq2seq else runner.prepare(waves)
     if torch.is_tensor(inputs):
         device = next(runner.parameters()).device
         inputs, lengths = inputs.to(device), lengths.to(device)

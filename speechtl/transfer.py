@@ -66,6 +66,9 @@ class AdaptedModel(nn.Module):
         self.config = config
         self.adapters = adapters
         self.base_checksum = base_checksum
+        # How its training batches were padded (Whisper): True to each batch's longest clip, False to
+        # 30 s, None where it does not apply or was not recorded. Transcription decodes the same way.
+        self.trained_short_clips: bool | None = getattr(backbone, "short_clips", None)
         self.merged = False
         self._configure_trainable()
 

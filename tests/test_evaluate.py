@@ -524,12 +524,17 @@ def test_evaluate_decodes_with_the_decode_options_it_is_given(tone_manifest, mon
     real, seen = speechtl.transcription.transcribe, []
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("decode_options"))
+        seen.append((kwargs.get("decode_options"), kwargs.get("short_clips")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(speechtl.transcription, "transcribe", spy)
     opts = DecodeOptions.plain(max_new_tokens=3)
     rep = evaluate(model, manifest, decode_options=opts, n_bootstrap=10, progress=False)
-    assert seen == [opts] and len(rep.utterances) == 2
+    assert seen == [(opts, "auto")] and len(rep.utterances) == 2
     assert rep.meta["decode_options"]["max_new_tokens"] == 3 and list(rep.meta["decode_options"]["temperatures"]) == [0.0]
+    assert rep.meta["short_clips"] == "auto"
     json.dumps(rep.to_json())  # the record is plain data
+    rep = evaluate(model, manifest, decode_options=opts, short_clips=True, n_bootstrap=10, progress=False)
+    assert seen[-1] == (opts, True) and rep.meta["short_clips"] == "on"
+    with pytest.raises(SpeechtlError, match="short_clips 'sometimes'"):
+        evaluate(model, manifest, short_clips="sometimes", progress=False)

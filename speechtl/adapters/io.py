@@ -6,8 +6,10 @@ A saved adapter is a folder:
   (``adapter.<name>.<key>``), a new head (``head.<key>``) and, for ``finetune``, the backbone
   parameters that trained (``backbone.<name>``). Base weights that did not train are never written.
 - ``adapter.json``: the base model's name and a checksum of its weights (taken before
-  adaptation), the adapt config, the adapter names and which is active, and the size and sha256
-  of every weights file (``files``). Loading onto a base whose weights differ is an error.
+  adaptation), the adapt config, the adapter names and which is active, for Whisper whether its
+  training padded clips only to each batch's longest (``short_clips``: transcription then decodes
+  them unpadded too), and the size and sha256 of every weights file (``files``). Loading onto a
+  base whose weights differ is an error.
 - LoRA/DoRA/IA3 adapters also in peft's own format: the active adapter as
   ``adapter_model.safetensors`` + ``adapter_config.json`` at the top, the others in
   ``<name>/`` (as ``PeftModel.save_pretrained`` lays them out), so
@@ -117,6 +119,9 @@ def save_adapter(model: AdaptedModel, directory: str | os.PathLike, **meta: Any)
             "adapters": model.adapter_names,
             "active": model.active_adapter,
             "head": _describe_head(model.head),
+            # Whisper: trained on clips padded to each batch's longest (true) or to 30 s (false); null
+            # where it does not apply. Transcription decodes short only after short training.
+            "short_clips": model.trained_short_clips,
             "trainable_parameters": model.num_trainable(),
             "total_parameters": model.num_parameters(),
             **meta,

@@ -121,6 +121,16 @@ class SavedAdapter:
         return self.meta.get("head")
 
     @property
+    def short_clips(self) -> bool | None:
+        """Whether it trained on clips padded only to each batch's longest (Whisper), so that it may
+        decode them so; None where the folder predates the record or it does not apply."""
+        value = self.meta.get("short_clips")
+        if value is not None and not isinstance(value, bool):
+            raise SpeechtlError(f"{self.directory / META}: 'short_clips' is {value!r}, not true, false or null; the "
+                                "adapter folder is damaged: save the adapter again")
+        return value
+
+    @property
     def config(self) -> AdaptConfig:
         """The adapt config it was trained with; keys the folder predates take their defaults."""
         from ..config import AdaptConfig, make
@@ -242,6 +252,7 @@ class SavedAdapter:
                     own[k].copy_(v)
         if self.active:
             model.set_adapter(self.active)
+        model.trained_short_clips = self.short_clips
         return model
 
     def build_head(self, backbone: nn.Module) -> nn.Module:

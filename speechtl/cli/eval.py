@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..decoding import SHORT_CLIPS
 from ..errors import SpeechtlError
 from ..wer import NORMALIZERS
 from ._common import add_common_args, out_in_use, run_cli
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text normalisation for references and hypotheses alike (default: whisper)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
+    p.add_argument("--short-clips", choices=SHORT_CLIPS, default="auto",
+                   help="Whisper: encode batches at their longest clip, not 30 s; auto (default): where the "
+                        "adapter trained that way (as speechtl-transcribe decodes)")
     p.add_argument("--heldout-accents", default="", help="comma-separated accents unseen in training, reported apart")
     p.add_argument("--target-accent", help="the accent the adapter was trained for (excluded from forgetting)")
     p.add_argument("--splits", help="comma-separated splits to score, e.g. test,test_heldout (default: all lines)")
@@ -91,6 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         normalizer=args.normalizer,
         batch_size=args.batch_size,
         beam_size=args.beam_size,
+        short_clips=args.short_clips,
         heldout_accents=_split_list(args.heldout_accents),
         target_accent=args.target_accent,
         progress=not args.no_progress,

@@ -21,7 +21,7 @@ import argparse
 import sys
 import time
 
-from ..decoding import DecodeOptions
+from ..decoding import SHORT_CLIPS, DecodeOptions
 from ..errors import SpeechtlError
 from ..fileio import atomic_write_text
 from ..segments import LONG_FORM_LIMIT
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
     p.add_argument("--adapter", help="a saved adapter folder to apply")
     add_routing_args(p)
+    p.add_argument("--short-clips", choices=SHORT_CLIPS, default="auto",
+                   help="Whisper: encode each batch at its longest clip instead of 30 s of padding; auto "
+                        "(default): where the adapter (or export) trained that way, never for the base model")
     p.add_argument("--engine", default="torch", help="torch (default; adapters, routing) or ct2 (CTranslate2)")
     p.add_argument("--compute-type", default="default",
                    help="with --engine ct2: default (the folder's), int8, int8_float32, float16, float32")
@@ -99,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     results = transcribe(model, args.files, batch_size=args.batch_size, adapter=args.adapter,
                          max_seconds=args.max_seconds, decode_options=opts, engine=args.engine,
+                         short_clips=args.short_clips,
                          merge_adapter=True, return_segments=True,
                          progress=False if args.no_progress else None, **routing)
     elapsed = time.perf_counter() - start

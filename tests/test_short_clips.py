@@ -1,0 +1,235 @@
+"""Short-clip decoding: an adapter records how its training padded clips, and transcription decodes the same way."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import speechtl
+from speechtl import recipes
+from speechtl.adapters import load_adapter
+from speechtl.backbones.whisper import WhisperBackbone
+from speechtl.cli.transcribe import main as transcribe_main
+from speechtl.config import load_config
+from speechtl.decoding import DecodeOptions
+from speechtl.engines import Ct2Whisper
+from speechtl.errors import SpeechtlError
+from speechtl.exporting import export, verify_export
+from speechtl.routing import AccentClassifier
+from speechtl.transfer import adapt
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_export import _randomize  # noqa: E402
+
+PLAIN = DecodeOptions.plain(max_new_tokens=12)
+FULL = 3000  # log-mel frames of 30 s
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    """A random Whisper whose greedy output depends on the audio, saved as a folder."""
+    b = speechtl.create_backbone("whisper-tiny-random")
+    _randomize(b.model, 0)
+    tok = b.tokenizer
+    single = [tok.decode([i]) for i in range(256)]
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    b.model.generation_config.suppress_tokens = (
+        [i for i, t in enumerate(single) if not (t.isascii() and t.isprintable())]
+        + [i for i in range(256, len(tok)) if i != eot])
+    folder = tmp_path_factory.mktemp("base") / "whisper"
+    b.model.save_pretrained(folder)
+    b.processor.save_pretrained(folder)
+    b.processor.feature_extractor.save_pretrained(folder)
+    return folder
+
+
+def _saved_lora(base_dir: Path, out: Path, *, short: bool) -> Path:
+    """A LoRA adapter with trained-looking weights, adapted on a backbone in the given padding mode."""
+    backbone = speechtl.create_backbone(base_dir)
+    backbone.short_clips = short  # what the recipe sets before adapting: how the batches will be padded
+    m = adapt(backbone, "lora", lora_r=4)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.backbone.named_parameters():
+            if p.requires_grad and "lora_" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    return m.save_adapter(out)
+
+
+@pytest.fixture(scope="module")
+def adapters(base_dir, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("adapters")
+    short = _saved_lora(base_dir, folder / "short", short=True)
+    padded = _saved_lora(base_dir, folder / "padded", short=False)
+    older = folder / "older"  # a folder saved before the record existed: same weights, no short_clips key
+    shutil.copytree(short, older)
+    meta = json.loads((older / "adapter.json").read_text())
+    del meta["short_clips"]
+    (older / "adapter.json").write_text(json.dumps(meta))
+    return {"short": short, "padded": padded, "older": older}
+
+
+@pytest.fixture(scope="module")
+def waves():
+    rng = np.random.default_rng(0)
+    # Lengths a multiple of 320 samples (an even number of log-mel frames), so that a clip cut to its
+    # own length holds exactly its features on both engines.
+    return [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in (0.6, 1.3, 0.9, 2.0)]
+
+
+@pytest.fixture
+def frames(monkeypatch) -> list[int]:
+    """The log-mel frame count of every batch the PyTorch Whisper encoder receives."""
+    seen: list[int] = []
+    encode = WhisperBackbone.encode
+
+    def spy(self, inputs, lengths):
+        seen.append(int(inputs.shape[-1]))
+        return encode(self, inputs, lengths)
+
+    monkeypatch.setattr(WhisperBackbone, "encode", spy)
+    return seen
+
+
+def _one_by_one(model, waves, short: bool) -> list[str]:
+    out = []
+    for w in waves:
+        feats, lens = model.prepare([w], short_clips=short)
+        out.append(model.decode(feats, lens, max_new_tokens=PLAIN.max_new_tokens)[0].text)
+    return out
+
+
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_a_padded_short_batch_decodes_as_each_clip_alone(base_dir, waves, beam_size):
+    model = speechtl.create_backbone(base_dir)
+    feats, lens = model.prepare(waves, short_clips=True)
+    batch = model.decode(feats, lens, beam_size=beam_size, max_new_tokens=12)
+    alone = [model.decode(*model.prepare([w], short_clips=True), beam_size=beam_size, max_new_tokens=12)[0]
+             for w in waves]
+    assert [h.text for h in batch] == [h.text for h in alone]
+    np.testing.assert_allclose([h.avg_logprob for h in batch], [h.avg_logprob for h in alone], atol=1e-4)
+    np.testing.assert_allclose([h.no_speech_prob for h in batch], [h.no_speech_prob for h in alone], atol=1e-4)
+
+
+def test_the_adapter_records_how_it_trained(adapters):
+    assert json.loads((adapters["short"] / "adapter.json").read_text())["short_clips"] is True
+    assert json.loads((adapters["padded"] / "adapter.json").read_text())["short_clips"] is False
+    assert load_adapter(None, adapters["short"]).trained_short_clips is True
+    assert load_adapter(None, adapters["older"]).trained_short_clips is None
+
+
+def test_the_recipe_records_its_padding(tone_manifest, tmp_path):
+    manifest = tone_manifest([("hello there", "A", "train"), ("yes sir", "A", "train"), ("no way", "A", "dev")])
+    for keys, expected in (([], True), (["short_clips=false"], False)):  # short clips are the recipe's default
+        run = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)),
+                            load_config(None, ["progress=false", *keys], method="lora"))
+        assert run.model.trained_short_clips is expected
+        meta = json.loads((run.model.save_adapter(tmp_path / f"a{expected}") / "adapter.json").read_text())
+        assert meta["short_clips"] is expected
+
+
+def test_auto_decodes_a_short_trained_adapter_unpadded(base_dir, adapters, waves, frames):
+    texts = speechtl.transcribe(base_dir, waves, adapter=adapters["short"], decode_options=PLAIN,
+                                return_segments=True)
+    assert [t.short_clips for t in texts] == [True] * 4
+    assert frames and max(frames) == 200  # one batch, cut at its longest clip (2 s), not 30 s
+    # The batch decodes as each clip alone at its own length (the padding is masked).
+    model = load_adapter(speechtl.create_backbone(base_dir), adapters["short"])
+    assert [t.text for t in texts] == _one_by_one(model, waves, short=True)
+    assert [t.text for t in texts] != _one_by_one(model, waves, short=False)  # the mode changes the output
+
+
+@pytest.mark.parametrize("which", ["padded", "older"])
+def test_auto_keeps_30s_for_an_adapter_trained_padded_or_saved_without_the_record(base_dir, adapters, waves,
+                                                                                   frames, which):
+    texts = speechtl.transcribe(base_dir, waves, adapter=adapters[which], decode_options=PLAIN,
+                                return_segments=True)
+    assert [t.short_clips for t in texts] == [False] * 4 and set(frames) == {FULL}
+    model = load_adapter(speechtl.create_backbone(base_dir), adapters[which])
+    assert [t.text for t in texts] == _one_by_one(model, waves, short=False)
+
+
+def test_on_and_off_decide_for_every_route(base_dir, adapters, waves, frames):
+    base = speechtl.create_backbone(base_dir)
+    assert [t.short_clips for t in speechtl.transcribe(base, waves, decode_options=PLAIN, return_segments=True)] \
+        == [False] * 4  # the base model pads by default
+    assert set(frames) == {FULL}
+    frames.clear()
+    on = speechtl.transcribe(base, waves, decode_options=PLAIN, short_clips="on", return_segments=True)
+    assert [t.short_clips for t in on] == [True] * 4 and max(frames) == 200
+    frames.clear()
+    off = speechtl.transcribe(base_dir, waves, adapter=adapters["short"], decode_options=PLAIN, short_clips=False,
+                              return_segments=True)
+    assert [t.short_clips for t in off] == [False] * 4 and set(frames) == {FULL}
+    with pytest.raises(SpeechtlError, match="short_clips 'yes': choose one of auto, on, off"):
+        speechtl.transcribe(base, waves, short_clips="yes")
+
+
+class FixedClassifier(AccentClassifier):
+    def __init__(self, labels, probs):
+        self.labels, self.probs, self.shared = labels, np.asarray(probs, dtype=np.float64), False
+
+    def probabilities(self, waves, **_):
+        return self.probs[: len(waves)]
+
+
+def test_a_routed_batch_decodes_each_route_its_own_way(base_dir, adapters, waves, frames):
+    clf = FixedClassifier(["short", "padded"], [[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.95, 0.05]])
+    backbone = speechtl.create_backbone(base_dir)
+    out = speechtl.transcribe(backbone, waves, adapters={"short": adapters["short"], "padded": adapters["padded"]},
+                              accent_classifier=clf, min_prob=0.6, decode_options=PLAIN, return_segments=True)
+    assert [t.route.name for t in out] == ["short", "padded", "base", "short"]
+    assert [t.short_clips for t in out] == [True, False, False, True]
+    assert sorted(frames) == sorted([FULL, FULL, 200])  # the short route's batch is cut at its longest clip (2 s)
+    short = load_adapter(speechtl.create_backbone(base_dir), adapters["short"])
+    assert [out[0].text, out[3].text] == _one_by_one(short, [waves[0], waves[3]], short=True)
+
+
+def test_the_export_says_whether_it_may_decode_short_and_ct2_does(base_dir, adapters, waves, tmp_path):
+    short = export(None, tmp_path / "short", adapter=adapters["short"], format="ct2", quantization="float32")
+    assert verify_export(short)["short_clips"] is True and Ct2Whisper(short).trained_short_clips is True
+    base = export(base_dir, tmp_path / "base", format="ct2", quantization="float32")
+    assert verify_export(base)["short_clips"] is False and Ct2Whisper(base).trained_short_clips is False
+    hf = export(None, tmp_path / "hf", adapter=adapters["padded"])
+    assert verify_export(hf)["short_clips"] is False
+
+    engine = Ct2Whisper(short)
+    memory_frames = []
+    decoder_memory = engine.decoder_memory
+    engine.decoder_memory = lambda inputs, lengths: memory_frames.append(inputs.shape[-1]) or decoder_memory(inputs,
+                                                                                                             lengths)
+    texts = speechtl.transcribe(engine, waves, engine="ct2", decode_options=PLAIN, batch_size=1, return_segments=True)
+    assert [t.short_clips for t in texts] == [True] * 4
+    assert sorted(memory_frames) == [60, 90, 130, 200]  # each clip at its own length
+    torch_model = load_adapter(speechtl.create_backbone(base_dir), adapters["short"])
+    assert [t.text for t in texts] == _one_by_one(torch_model, waves, short=True)
+    padded = speechtl.transcribe(Ct2Whisper(base), waves, engine="ct2", decode_options=PLAIN, return_segments=True)
+    assert [t.short_clips for t in padded] == [False] * 4
+
+
+def test_cli_decodes_short_by_default_when_the_adapter_allows_and_says_so(base_dir, adapters, waves, tmp_path,
+                                                                           capsys):
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, waves[1], 16000)
+    common = [str(base_dir), str(clip), "--json", "--no-fallback", "--no-progress"]
+    rows = {}
+    for name, extra in (("auto", ["--adapter", str(adapters["short"])]),
+                        ("off", ["--adapter", str(adapters["short"]), "--short-clips", "off"]),
+                        ("base", [])):
+        assert transcribe_main([*common, *extra]) == 0
+        rows[name] = json.loads(capsys.readouterr().out)
+    assert rows["auto"]["short_clips"] is True
+    assert rows["off"]["short_clips"] is False and rows["base"]["short_clips"] is False
+    with pytest.raises(SystemExit) as exit_:
+        transcribe_main([*common, "--short-clips", "maybe"])
+    assert exit_.value.code == 2
+    assert "--short-clips" in capsys.readouterr().err
