@@ -21,10 +21,18 @@ Sides (each in its own process, same threads, greedy decoding, max 128 new token
 - ``pipeline``: ``transformers.pipeline("automatic-speech-recognition")`` on the transformers
   export, clips in batches of 8; long-form with ``chunk_length_s=30`` and ``batch_size=8``, as its
   documentation advises;
-- ``speechtl``: ``speechtl.transcribe`` on PyTorch (adapter merged), its defaults (temperature fallback);
-- ``speechtl_ct2``: ``speechtl.transcribe(engine="ct2")`` on the CTranslate2 int8 export;
+- ``speechtl``: ``speechtl.transcribe`` on PyTorch (adapter merged), its defaults (temperature fallback,
+  ``short_clips="auto"``: the adapter, trained on unpadded clips, decodes them unpadded; the base model at 30 s);
+- ``speechtl_30s`` and ``speechtl_short``: the same with ``short_clips`` ``"off"`` (every clip padded
+  to 30 s; adapted only, as the base model's ``auto`` is that) and ``"on"`` (each batch encoded at
+  its longest clip, the base model too);
+- ``speechtl_ct2``: ``speechtl.transcribe(engine="ct2")`` on the CTranslate2 int8 export (its
+  ``short_clips`` from the export's record, as ``auto`` decides on PyTorch);
 - ``faster_whisper``: faster-whisper itself on the same folder (int8): clips one by one with
   ``WhisperModel.transcribe``, long-form with ``BatchedInferencePipeline(batch_size=8)``; beam 1.
+
+``--sets`` picks the sets (clips, long, silence; all by default) and ``--no-round-trip`` skips the
+round trip below, for a run that measures clips only.
 
 The sides run ``--repeats`` times, interleaved (every side once, then again). RTF = seconds of
 processing / seconds of audio, wall clock, models loaded and warmed up first; the spread is
@@ -58,7 +66,9 @@ TARGET = "Mandarin-L1"
 LORA_KEYS = ["lr=3e-4", "warmup_steps=10", "batch_seconds=40", "seed=0", "max_steps=180", "eval_every=60"]
 MAX_NEW_TOKENS = 128
 BATCH = 8
-SIDES = ("pipeline", "speechtl", "speechtl_ct2", "faster_whisper")
+SIDES = ("pipeline", "speechtl", "speechtl_30s", "speechtl_short", "speechtl_ct2", "faster_whisper")
+SETS = ("clips", "long", "silence")
+SHORT = {"speechtl": "auto", "speechtl_unmerged": "auto", "speechtl_30s": "off", "speechtl_short": "on"}
 RATE = 16000
 
 
@@ -108,8 +118,14 @@ def silent_clips(work: Path) -> list[dict]:
 # -- sides ----------------------------------------------------------------------------------------------
 
 
+decoded_short: list[int] = []
+
+
 def _runner(side: str, spec: dict[str, Any]):
-    """``(clips_fn, long_fn)``: each takes paths and returns transcripts."""
+    """``(clips_fn, long_fn)``: each takes paths and returns transcripts.
+
+    speechtl's sides append to ``decoded_short`` how many inputs of each call were encoded unpadded.
+    """
     folders = spec["folders"]
     if side == "pipeline":
         from transformers import pipeline
@@ -129,7 +145,7 @@ def _runner(side: str, spec: dict[str, Any]):
                          batch_size=BATCH, generate_kwargs=kw)["text"].strip() for p in paths]
 
         return clips, long
-    if side in ("speechtl", "speechtl_unmerged"):
+    if side in SHORT:
         import speechtl
         from speechtl.adapters import load_adapter
         from speechtl.backbones import create_backbone
@@ -138,21 +154,27 @@ def _runner(side: str, spec: dict[str, Any]):
         model = create_backbone(MODEL)
         if spec["adapter"]:
             model = load_adapter(model, spec["adapter"])
-            if side == "speechtl":
+            if side != "speechtl_unmerged":
                 model.merge_adapter()
 
         def run(paths):
-            return speechtl.transcribe(model, paths, batch_size=BATCH, progress=False)
+            out = speechtl.transcribe(model, paths, batch_size=BATCH, progress=False, short_clips=SHORT[side],
+                                      return_segments=True)
+            decoded_short.append(sum(bool(t.short_clips) for t in out))
+            return [t.text for t in out]
 
         return run, run
     if side.startswith("speechtl_ct2"):
-        import speechtl
+        from speechtl import transcribe
         from speechtl.engines import Ct2Whisper
 
         engine = Ct2Whisper(folders[spec.get("ct2_folder", "ct2")], threads=spec["threads"])
 
         def run(paths):
-            return speechtl.transcribe(engine, paths, engine="ct2", batch_size=BATCH, progress=False)
+            out = transcribe(engine, paths, engine="ct2", batch_size=BATCH, progress=False,
+                                      return_segments=True)
+            decoded_short.append(sum(bool(t.short_clips) for t in out))
+            return [t.text for t in out]
 
         return run, run
     if side == "faster_whisper":
@@ -190,15 +212,18 @@ def run_side(spec: dict[str, Any]) -> dict[str, Any]:
     sets = spec["sets"]
     clips_fn([sets["clips"][0]["audio"]])  # warm-up
     for name, fn in (("clips", clips_fn), ("long", long_fn), ("silence", clips_fn)):
-        rows = sets[name]
+        rows = sets.get(name)
         if not rows:
             continue
+        decoded_short.clear()
         w0 = time.perf_counter()
         hyps = fn([r["audio"] for r in rows])
         wall = time.perf_counter() - w0
         audio = sum(r["duration"] for r in rows)
         refs = [r["text"] for r in rows]
         res = {"seconds": round(wall, 2), "audio_seconds": round(audio, 1), "rtf": round(wall / audio, 4)}
+        if decoded_short:
+            res["decoded_short"] = sum(decoded_short)  # inputs encoded at their own length, of len(rows)
         if name == "silence":
             res["words"] = sum(len(h.split()) for h in hyps)
             res["examples"] = [h for h in hyps if h][:3]
@@ -310,7 +335,9 @@ def _summary(runs: list[dict]) -> dict[str, Any]:
             if not rs:
                 continue
             row: dict[str, Any] = {}
-            for name in ("clips", "long", "silence"):
+            if "decoded_short" in rs[0]["clips"]:
+                row["clips_decoded_short"] = rs[0]["clips"]["decoded_short"]
+            for name in SETS:
                 if name not in rs[0]:
                     continue
                 row[f"{name}_rtf"] = stats([r[name]["rtf"] for r in rs])
@@ -325,9 +352,15 @@ def _summary(runs: list[dict]) -> dict[str, Any]:
         p = out.get(f"{model}/pipeline")
         for side in SIDES[1:]:
             s = out.get(f"{model}/{side}")
-            if p and s:
-                s["clips_rtf_over_pipeline"] = round(s["clips_rtf"]["median"] / p["clips_rtf"]["median"], 3)
-                s["long_rtf_over_pipeline"] = round(s["long_rtf"]["median"] / p["long_rtf"]["median"], 3)
+            for name in ("clips", "long"):
+                if p and s and f"{name}_rtf" in s:
+                    s[f"{name}_rtf_over_pipeline"] = round(s[f"{name}_rtf"]["median"] / p[f"{name}_rtf"]["median"], 3)
+        if model == "adapted":  # auto: the adapter decodes unpadded, as it trained
+            short, padded = out.get("adapted/speechtl"), out.get("adapted/speechtl_30s")
+        else:  # auto: the base model pads to 30 s
+            short, padded = out.get("base/speechtl_short"), out.get("base/speechtl")
+        if short and padded:
+            short["clips_rtf_over_30s"] = round(short["clips_rtf"]["median"] / padded["clips_rtf"]["median"], 3)
     return out
 
 
@@ -339,6 +372,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/speechtl-deploy", help="adapter, exports and long-form files (reused)")
     ap.add_argument("--sides", default=",".join(SIDES))
+    ap.add_argument("--sets", default=",".join(SETS), help="which of clips, long, silence to run (clips always)")
+    ap.add_argument("--no-round-trip", action="store_true", help="skip the export round trip")
     ap.add_argument("--limit", type=int, default=0, help="first N clips only (a quick check; 0: all)")
     ap.add_argument("--out", default=str(RESULTS / "inference_rtf.json"))
     args = ap.parse_args()
@@ -358,7 +393,14 @@ def main() -> int:
     clips += [{**r, "set": "real_vctk_ljspeech"} for r in utterance_records(real_test_set())]
     if args.limit:
         clips = clips[:: max(1, len(clips) // args.limit)][: args.limit]
-    sets = {"clips": clips, "long": long_files(clips, work), "silence": silent_clips(work)}
+    chosen = {"clips", *args.sets.split(",")} - {""}
+    if chosen - set(SETS):
+        sys.exit(f"--sets: unknown {', '.join(sorted(chosen - set(SETS)))}; choose from {', '.join(SETS)}")
+    sets = {"clips": clips}
+    if "long" in chosen:
+        sets["long"] = long_files(clips, work)
+    if "silence" in chosen:
+        sets["silence"] = silent_clips(work)
     dev = utterance_records(splits["dev"])[: args.limit or None]
 
     result: dict[str, Any] = {
@@ -369,39 +411,52 @@ def main() -> int:
                    "threads": args.threads, "repeats": args.repeats,
                    "clips": {s: sum(c["set"] == s for c in clips) for s in sorted({c["set"] for c in clips})},
                    "clip_audio_seconds": round(sum(c["duration"] for c in clips), 1),
-                   "long_files": [{k: f[k] for k in ("audio", "duration", "clips")} for f in sets["long"]],
-                   "silent_clips": len(sets["silence"])},
+                   "sets": sorted(sets),
+                   "long_files": [{k: f[k] for k in ("audio", "duration", "clips")} for f in sets.get("long", [])],
+                   "silent_clips": len(sets.get("silence", []))},
         "runs": [],
     }
     sides = [s for s in args.sides.split(",") if s]
     for rep in range(args.repeats):
         for model in ("base", "adapted"):
             for side in sides:
+                if model == "base" and side == "speechtl_30s":
+                    continue  # the base model's auto is 30 s: the speechtl side already runs it
                 spec = {"side": side, "model": model, "repeat": rep, "threads": args.threads, "sets": sets,
                         "folders": folders[model], "adapter": str(adapter) if model == "adapted" else None}
                 r = run_child(__file__, spec, threads=args.threads)
-                print(f"repeat {rep} {model}/{side}: clips RTF {r['clips']['rtf']:.3f} WER {r['clips']['wer']:.3f}; "
-                      f"long RTF {r['long']['rtf']:.3f} WER {r['long']['wer']:.3f}; silence words "
-                      f"{r['silence']['words']}", flush=True)
+                print(f"repeat {rep} {model}/{side}: " + "; ".join(
+                    f"{name} RTF {r[name]['rtf']:.3f}" + (f" WER {r[name]['wer']:.3f}" if "wer" in r[name] else
+                                                           f" words {r[name]['words']}")
+                    for name in SETS if name in r), flush=True)
                 result["runs"].append(r)
-    result["summary"] = _summary(result["runs"])
-    result["round_trip"] = run_child(__file__, {"side": "round_trip", "dev": dev, "adapter": str(adapter),
-                                                "folders": folders["adapted"], "threads": args.threads,
-                                                "repeats": args.repeats}, threads=args.threads)
-    s = result["summary"]
+    result["summary"] = s = _summary(result["runs"])
+    rt = None
+    if not args.no_round_trip:
+        result["round_trip"] = rt = run_child(__file__, {"side": "round_trip", "dev": dev, "adapter": str(adapter),
+                                                         "folders": folders["adapted"], "threads": args.threads,
+                                                         "repeats": args.repeats}, threads=args.threads)
     p, c = s.get("adapted/pipeline"), s.get("adapted/speechtl_ct2")
-    rt = result["round_trip"]
+    auto, base_short, base_30s = s.get("adapted/speechtl"), s.get("base/speechtl_short"), s.get("base/speechtl")
     result["targets"] = {
-        "long_form_ct2_rtf_over_pipeline_le_0.5": None if not (p and c) else c["long_rtf_over_pipeline"] <= 0.5,
-        "long_form_ct2_wer_minus_clip_by_clip_within_1_point": None if not c else
-        round(100 * (c["long_wer"] - c["clips_wer"]), 2),
-        "ct2_export_wer_minus_pytorch_points": {q: round(100 * (rt[f"ct2_{q}"]["wer"] - rt["pytorch_fp32"]["wer"]), 2)
-                                               for q in ("int8", "int8_float32", "float32")},
-        "loops_and_silence_words": {k: {"clip_loops": v["clip_loops"], "silence_words": v["silence_words"]}
-                                    for k, v in s.items()},
+        "adapted_short_clips_rtf_over_pipeline_le_0.25_at_equal_or_better_wer": None if not (p and auto) else
+        auto["clips_rtf_over_pipeline"] <= 0.25 and auto["clips_wer"] <= p["clips_wer"],
+        "base_short_wer_minus_30s_points": None if not (base_short and base_30s) else
+        round(100 * (base_short["clips_wer"] - base_30s["clips_wer"]), 2),
     }
-    line = "; ".join(f"{k}: clips RTF {v['clips_rtf']['median']:.3f} long RTF {v['long_rtf']['median']:.3f}"
-                     for k, v in s.items())
+    if "long" in sets:
+        result["targets"].update({
+            "long_form_ct2_rtf_over_pipeline_le_0.5": None if not (p and c) else c["long_rtf_over_pipeline"] <= 0.5,
+            "long_form_ct2_wer_minus_clip_by_clip_within_1_point": None if not c else
+            round(100 * (c["long_wer"] - c["clips_wer"]), 2)})
+    if rt is not None:
+        result["targets"]["ct2_export_wer_minus_pytorch_points"] = {
+            q: round(100 * (rt[f"ct2_{q}"]["wer"] - rt["pytorch_fp32"]["wer"]), 2)
+            for q in ("int8", "int8_float32", "float32")}
+    result["targets"]["loops_and_silence_words"] = {k: {"clip_loops": v["clip_loops"],
+                                                        "silence_words": v.get("silence_words")}
+                                                    for k, v in s.items()}
+    line = "; ".join(f"{k}: clips RTF {v['clips_rtf']['median']:.3f} WER {v['clips_wer']:.3f}" for k, v in s.items())
     finish(result, Path(args.out), line)
     return 0
 
