@@ -112,6 +112,9 @@ class DataConfig:
     # Whisper dev decoding pads to 30 s like inference by default; short clips decode faster but the
     # pretrained model hallucinates on them, so dev WER would not show what users get.
     dev_short_clips: bool = False
+    # Whisper: the share of training clips whose targets carry timestamp tokens around the transcript
+    # (start and end from voice-activity detection on the clip), so the adapter keeps timestamps.
+    timestamp_share: float = 0.0
     normalizer: Literal["whisper", "basic", "none"] = "whisper"
     # Forgetting control (speechtl.replay): a manifest of source/native speech whose train (or
     # unsplit) lines are mixed into the batches and whose dev lines measure forgetting at each evaluation.
@@ -178,7 +181,8 @@ _SPEECH_DATA = ("batch_seconds", "max_clip_seconds", "num_workers", "speed_pertu
 _SPECAUG = ("specaug", "specaug_freq_masks", "specaug_freq_width", "specaug_time_masks", "specaug_time_width")
 _REPLAY = ("replay_manifest", "replay_fraction", "distill_weight", "distill_temperature")
 TASK_DATA_KEYS: dict[str, tuple[str, ...]] = {
-    "asr": (*_SPEECH_DATA, "short_clips", *_SPECAUG, "beam_size", "dev_short_clips", "normalizer", *_REPLAY),
+    "asr": (*_SPEECH_DATA, "short_clips", *_SPECAUG, "beam_size", "dev_short_clips", "normalizer", "timestamp_share",
+            *_REPLAY),
     "speech-classify": (*_SPEECH_DATA, "short_clips", *_SPECAUG),
     "accent-id": _SPEECH_DATA,
     "classify": ("batch_size", "num_workers"),

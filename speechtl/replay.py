@@ -159,8 +159,9 @@ class ReplayTask:
         inputs, lengths, texts = batch["inputs"], batch["lengths"], list(batch["texts"])
         rows = replay.to(inputs.device).nonzero().flatten()
         with self.task._augment(model):
+            spans = batch.get("spans")
             if backbone.task == "seq2seq":
-                logits, targets = backbone.logits(inputs, lengths, texts)
+                logits, targets = backbone.logits(inputs, lengths, texts, spans)
                 loss = backbone.loss_from_logits(logits, targets)
                 mask = targets[rows] != -100
             else:
@@ -173,7 +174,8 @@ class ReplayTask:
         sub_texts = [texts[i] for i in rows.tolist()]
         with torch.no_grad(), ctx:
             if backbone.task == "seq2seq":
-                t_logits, _ = teacher.logits(inputs[rows], lengths[rows], sub_texts)
+                t_logits, _ = teacher.logits(inputs[rows], lengths[rows], sub_texts,
+                                             None if spans is None else [spans[i] for i in rows.tolist()])
             else:
                 t_logits, _ = teacher.logits(inputs[rows], lengths[rows])
         s_logits = logits[rows]

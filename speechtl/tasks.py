@@ -13,6 +13,7 @@ from dataset items (dicts such as ``{"id", "audio", "text", "accent", "speaker"}
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -71,7 +72,44 @@ class CTCASRTask(_BackboneTask):
 
 
 class Seq2SeqASRTask(CTCASRTask):
-    """Sequence-to-sequence speech recognition (Whisper): the backbone's teacher-forced loss."""
+    """Sequence-to-sequence speech recognition (Whisper): the backbone's teacher-forced loss.
+
+    With ``timestamp_share`` > 0 that share of the clips (drawn per batch, seeded by ``seed`` and
+    the batch's ids) is trained in Whisper's timestamped form: the speech span that voice-activity
+    detection finds in the clip (:func:`speechtl.vad.speech_bounds`) becomes a start and an end
+    timestamp token around the transcript. Training only without them is what makes fine-tuned
+    Whisper forget how to place timestamps; the rest of the clips keep the ``<|notimestamps|>`` mode.
+    """
+
+    def __init__(self, model: nn.Module, *, specaug: SpecAugment | None = None, timestamp_share: float = 0.0,
+                 seed: int = 0):
+        super().__init__(model, specaug=specaug)
+        if not 0.0 <= timestamp_share <= 1.0:
+            raise SpeechtlError(f"timestamp_share {timestamp_share}: give a share of the clips between 0 and 1")
+        self.timestamp_share = timestamp_share
+        self.seed = seed
+
+    def collate(self, items: list[dict[str, Any]], *, timestamps: bool = True, **prepare_kwargs: Any) -> Batch:
+        """As :meth:`CTCASRTask.collate`, plus ``spans``: a clip's speech ``(start, end)`` in seconds where it
+        trains with timestamp tokens, else ``None`` (all ``None`` with ``timestamps=False``, as for dev decoding)."""
+        batch = super().collate(items, **prepare_kwargs)
+        if timestamps and self.timestamp_share > 0:
+            rng = random.Random(f"{self.seed}:" + "\x1f".join(batch["ids"]))
+            batch["spans"] = [_speech_span(it[self.input_key]) if rng.random() < self.timestamp_share else None
+                              for it in items]
+        return batch
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        with self._augment(model):
+            return model.asr_loss(batch["inputs"], batch["lengths"], batch["texts"], spans=batch.get("spans"))
+
+
+def _speech_span(audio: Any) -> tuple[float, float]:
+    """The clip's speech bounds in seconds (the whole clip where voice-activity detection finds none)."""
+    from .vad import SAMPLE_RATE, speech_bounds
+
+    wav = audio.numpy() if torch.is_tensor(audio) else audio
+    return speech_bounds(wav) or (0.0, len(wav) / SAMPLE_RATE)
 
 
 class ClassificationTask(_BackboneTask):
@@ -107,17 +145,25 @@ class ClassificationTask(_BackboneTask):
         return [self.labels[i] for i in logits.argmax(-1).tolist()]
 
 
-def task_for(model: nn.Module, *, specaug: SpecAugment | None = None, label_key: str = "accent") -> Task:
-    """The task matching an adapted model's head: classifier, new CTC head, or the backbone's own ASR."""
+def task_for(model: nn.Module, *, specaug: SpecAugment | None = None, label_key: str = "accent",
+             timestamp_share: float = 0.0, seed: int = 0) -> Task:
+    """The task matching an adapted model's head: classifier, new CTC head, or the backbone's own ASR.
+
+    ``timestamp_share`` (and the ``seed`` that draws its clips) applies to sequence-to-sequence ASR only."""
     from .heads import ClassifierHead, CTCHead
 
     head = getattr(model, "head", None)
+    seq2seq = head is None and model.backbone.task == "seq2seq"
+    if timestamp_share and not seq2seq:
+        raise SpeechtlError(f"timestamp_share trains Whisper's timestamp tokens; {model.name} with "
+                            f"{type(head).__name__ if head is not None else 'its ' + model.backbone.task + ' head'} "
+                            "has none: leave timestamp_share at 0")
     if isinstance(head, ClassifierHead):
         return ClassificationTask(model, head.labels, label_key=label_key, specaug=specaug)
     if isinstance(head, CTCHead) or model.backbone.task == "ctc":
         return CTCASRTask(model, specaug=specaug)
-    if model.backbone.task == "seq2seq":
-        return Seq2SeqASRTask(model, specaug=specaug)
+    if seq2seq:
+        return Seq2SeqASRTask(model, specaug=specaug, timestamp_share=timestamp_share, seed=seed)
     raise SpeechtlError(f"no task fits {model.name} ({model.backbone.task}) without a head; adapt with head=ctc")
 
 

@@ -103,12 +103,20 @@ class AdaptedModel(nn.Module):
                 return self.backbone.encode(inputs, lengths)
         return self.backbone.encode(inputs, lengths)
 
-    def asr_loss(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """Speech recognition loss: the new CTC head's, or the backbone's own (CTC or seq2seq)."""
+    def asr_loss(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str],
+                 spans: Sequence[tuple[float, float] | None] | None = None) -> torch.Tensor:
+        """Speech recognition loss: the new CTC head's, or the backbone's own (CTC or seq2seq).
+
+        ``spans``: Whisper only, each clip's speech ``(start, end)`` in seconds to train with timestamp tokens."""
+        if spans is not None and any(s is not None for s in spans) and (self.head is not None
+                                                                          or self.backbone.task != "seq2seq"):
+            raise SpeechtlError(f"timestamp spans train Whisper's timestamp tokens; {self.name} has none")
         if isinstance(self.head, CTCHead):
             return self.head.loss(self.encode(inputs, lengths), texts)
         if self.head is not None:
             raise SpeechtlError("this model has a classifier head; use a classification task, not ASR")
+        if self.backbone.task == "seq2seq":
+            return self.backbone.loss(inputs, lengths, list(texts), None if spans is None else list(spans))
         return self.backbone.loss(inputs, lengths, list(texts))
 
     @torch.no_grad()

@@ -177,3 +177,17 @@ def speech_spans(probs: np.ndarray, num_samples: int, opts: VadOptions = VadOpti
         else:
             span[1] = min(num_samples, span[1] + pad)
     return [(int(a), int(b)) for a, b in spans if b > a]
+
+
+def speech_bounds(wav: np.ndarray, opts: VadOptions = VadOptions(speech_pad_ms=100)) -> tuple[float, float] | None:
+    """Where speech starts and ends in a 16-kHz clip (seconds): the first region's start and the last one's end.
+
+    ``None`` when no window reaches the speech threshold. The regions are widened by 100 ms (not
+    Silero's 400), so the bounds sit close to the first and last words.
+    """
+    wav = np.asarray(wav, dtype=np.float32)
+    probs, total = speech_probabilities([wav])
+    spans = speech_spans(probs, total, opts)
+    if not spans:
+        return None
+    return spans[0][0] / SAMPLE_RATE, spans[-1][1] / SAMPLE_RATE

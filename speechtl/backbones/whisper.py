@@ -35,12 +35,13 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as hf_logging
 
 from ..decoding import Hypothesis
-from ..errors import AudioError, ModelNotFoundError
+from ..errors import AudioError, ModelNotFoundError, SpeechtlError
 from ._tokenizers import WHISPER_SPECIALS, byte_level_tokenizer
 from .base import EncoderOutput, layer_groups_by_prefix
 from .registry import register_backbone, register_family
 
 HOP = 160  # mel hop length (samples at 16 kHz): 100 frames per second
+TIMESTAMP_STEP = 0.02  # seconds between Whisper's timestamp tokens
 
 
 class WhisperBackbone(nn.Module):
@@ -148,35 +149,64 @@ class WhisperBackbone(nn.Module):
         return EncoderOutput(tuple(states), enc_lengths)
 
     # -- ASR ----------------------------------------------------------------------------------
-    def prompt_ids(self) -> list[int]:
-        """Decoder prompt: start-of-transcript, language and task (multilingual), no-timestamps."""
+    def prompt_ids(self, timestamps: bool = False) -> list[int]:
+        """Decoder prompt: start-of-transcript, language and task (multilingual), and ``<|notimestamps|>``
+        unless the transcript is to carry timestamps."""
         tok = self.tokenizer
         ids = [tok.convert_tokens_to_ids("<|startoftranscript|>")]
         if self.multilingual:
             ids += [tok.convert_tokens_to_ids(f"<|{self.language}|>"), tok.convert_tokens_to_ids("<|transcribe|>")]
-        ids.append(tok.convert_tokens_to_ids("<|notimestamps|>"))
+        if not timestamps:
+            ids.append(tok.convert_tokens_to_ids("<|notimestamps|>"))
         return ids
 
-    def label_ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forcing inputs and targets ``(batch, tokens)``; targets are -100 on the prompt and padding."""
+    def timestamp_id(self, seconds: float) -> int:
+        """The token of the timestamp nearest ``seconds`` (Whisper's 20-ms steps after ``<|notimestamps|>``)."""
+        first = self.tokenizer.convert_tokens_to_ids("<|notimestamps|>") + 1
+        steps = round(min(max(seconds, 0.0), self.max_frames * HOP / self.sample_rate) / TIMESTAMP_STEP)
+        if first + steps >= self.model.config.vocab_size:
+            raise SpeechtlError(f"{self.name} has no timestamp tokens (its vocabulary ends at "
+                                f"<|notimestamps|>): train it with timestamp_share=0")
+        return first + steps
+
+    def label_ids(self, texts: list[str], spans: list[tuple[float, float] | None] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forcing inputs and targets ``(batch, tokens)``; targets are -100 on the prompt and padding.
+
+        ``spans`` (one per text, or ``None``): where a text has a speech span ``(start, end)`` in
+        seconds, its sequence is Whisper's timestamped form, ``<|sot|> <|start|> text <|end|> <|eot|>``
+        (no ``<|notimestamps|>`` in the prompt), so training keeps the model's timestamp mode.
+        """
         tok = self.tokenizer
-        prompt = self.prompt_ids()
         eot = tok.convert_tokens_to_ids("<|endoftext|>")
-        seqs = [prompt + tok.encode(" " + whisper_case(t), add_special_tokens=False) + [eot] for t in texts]
+        spans = spans if spans is not None else [None] * len(texts)
+        if len(spans) != len(texts):
+            raise ValueError(f"{len(spans)} spans for {len(texts)} transcripts")
+        seqs, prompts = [], []
+        for t, span in zip(texts, spans):
+            words = tok.encode(" " + whisper_case(t), add_special_tokens=False)
+            prompt = self.prompt_ids(timestamps=span is not None)
+            if span is not None:
+                words = [self.timestamp_id(span[0]), *words, self.timestamp_id(span[1])]
+            seqs.append(prompt + words + [eot])
+            prompts.append(len(prompt))
         limit = self.model.config.max_target_positions
         longest = max(len(s) for s in seqs)
         if longest > limit:
             raise ValueError(f"a transcript is {longest} tokens, over Whisper's {limit}-token decoder limit")
         inp = torch.full((len(seqs), longest - 1), eot, dtype=torch.long)
         tgt = torch.full((len(seqs), longest - 1), -100, dtype=torch.long)
-        for i, s in enumerate(seqs):
+        for i, (s, n) in enumerate(zip(seqs, prompts)):
             inp[i, : len(s) - 1] = torch.tensor(s[:-1])
-            tgt[i, len(prompt) - 1 : len(s) - 1] = torch.tensor(s[len(prompt) :])
+            tgt[i, n - 1 : len(s) - 1] = torch.tensor(s[n:])
         return inp, tgt
 
-    def loss(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Mean token cross-entropy of the transcripts given the audio (teacher forcing)."""
-        logits, tgt = self.logits(inputs, lengths, texts)
+    def loss(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str],
+             spans: list[tuple[float, float] | None] | None = None) -> torch.Tensor:
+        """Mean token cross-entropy of the transcripts given the audio (teacher forcing).
+
+        ``spans``: as :meth:`label_ids`."""
+        logits, tgt = self.logits(inputs, lengths, texts, spans)
         return self.loss_from_logits(logits, tgt)
 
     @staticmethod
@@ -184,9 +214,10 @@ class WhisperBackbone(nn.Module):
         """:meth:`loss` from :meth:`logits`' output (so one forward pass can serve other terms too)."""
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
-    def logits(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, inputs: torch.Tensor, lengths: torch.Tensor, texts: list[str],
+               spans: list[tuple[float, float] | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder logits ``(batch, tokens, vocab)`` under teacher forcing, and their targets."""
-        dec_in, tgt = self.label_ids(texts)
+        dec_in, tgt = self.label_ids(texts, spans)
         device = inputs.device
         enc = self.encode(inputs, lengths)
         out = self.model(
@@ -439,11 +470,19 @@ register_family(from_pretrained, hub_prefixes=("openai/whisper-", "distil-whispe
 
 
 @register_backbone("whisper-tiny-random")
-def whisper_tiny_random(*, seed: int = 0, short_clips: bool = False, d_model: int = 64, layers: int = 2) -> WhisperBackbone:
-    """A 2-layer, 64-wide random English-only Whisper with a byte-level tokenizer, for tests."""
-    tok = WhisperTokenizerFast(tokenizer_object=byte_level_tokenizer(), unk_token="<|endoftext|>",
+def whisper_tiny_random(*, seed: int = 0, short_clips: bool = False, d_model: int = 64, layers: int = 2,
+                        timestamps: bool = False) -> WhisperBackbone:
+    """A 2-layer, 64-wide random English-only Whisper with a byte-level tokenizer, for tests.
+
+    With ``timestamps`` the vocabulary goes on after ``<|notimestamps|>`` with Whisper's 1501
+    timestamp tokens ``<|0.00|>`` ... ``<|30.00|>``, as the real models' does.
+    """
+    specials = WHISPER_SPECIALS
+    if timestamps:
+        specials += tuple(f"<|{i * TIMESTAMP_STEP:.2f}|>" for i in range(1501))
+    tok = WhisperTokenizerFast(tokenizer_object=byte_level_tokenizer(specials), unk_token="<|endoftext|>",
                                bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS[1:])})
+    tok.add_special_tokens({"additional_special_tokens": list(specials[1:])})
     ids = {t: tok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
     config = WhisperConfig(
         vocab_size=len(tok),

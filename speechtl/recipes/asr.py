@@ -3,7 +3,9 @@
 Batches hold up to ``batch_seconds`` of audio; Whisper pads each batch to its longest clip
 (``short_clips``) and dev decoding pads to 30 s like inference (``dev_short_clips``). With
 ``replay_manifest`` a share of every batch is native speech, optionally distilled towards the
-base model, and each dev evaluation also reports forgetting on the replay dev lines.
+base model, and each dev evaluation also reports forgetting on the replay dev lines. With
+``timestamp_share`` a share of Whisper's training clips carries timestamp tokens (speech bounds from
+voice-activity detection), so the adapted model keeps placing them.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
         print(model.summary(), file=sys.stderr)
     specaug = (SpecAugment(d.specaug_freq_masks, d.specaug_freq_width, d.specaug_time_masks, d.specaug_time_width)
                if d.specaug else None)
-    task = task_for(model, specaug=specaug)
+    task = task_for(model, specaug=specaug, timestamp_share=d.timestamp_share, seed=cfg.train.seed)
     classification = isinstance(task, ClassificationTask)
     train_cfg = cfg.train
     if classification and train_cfg.metric == "wer":
@@ -135,8 +137,10 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
                               shuffle=True, seed=seed, world=world, rank=rank, **augmentation(d))
 
     dev_collate = task.collate
+    if d.timestamp_share:  # dev decoding scores transcripts without timestamps
+        dev_collate = functools.partial(dev_collate, timestamps=False)
     if hasattr(backbone, "short_clips") and not d.dev_short_clips:
-        dev_collate = functools.partial(task.collate, short_clips=False)
+        dev_collate = functools.partial(dev_collate, short_clips=False)
 
     def dev_loader(utts):
         return audio_loader(utts, rate, d.batch_seconds, dev_collate, num_workers=d.num_workers)
