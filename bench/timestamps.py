@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Timestamps after adaptation: segment boundaries of the base and adapted Whisper on recordings with known speech times.
+
+Run by hand (about 10 minutes on 2 cores once the adapters exist; training one adds about 10):
+
+    .venv/bin/python bench/timestamps.py [--threads 2] [--work /tmp/speechtl-deploy] [--models base,adapted]
+
+Recordings: the 100 speechocean762 test clips (Mandarin-L1 speakers that neither trained an adapter
+nor chose its checkpoint) and the 48 VCTK/LJSpeech clips of ../shared/data/real, each trimmed of
+its leading and trailing silence (``librosa.effects.trim``, 35 dB below the clip's peak: those
+trimmed edges are the true speech start and end), joined in order with 0.5-3 s of silence
+between clips (seeded), 12 clips to a recording.
+
+Models (whisper-tiny.en): ``base`` zero-shot; ``adapted``, the LoRA adapter of
+``bench/inference_rtf.py`` (speechtl-adapt on the 40 speechocean762 train speakers, trained without
+timestamp tokens, reused from ``--work``); ``adapted_ts``, the same keys plus
+``timestamp_share=0.5`` (half the training clips carry Whisper timestamp tokens around their
+transcript; trained here once and reused). Each is exported to CTranslate2 float32.
+
+Sides, on every model:
+
+- ``faster_whisper``: ``WhisperModel.transcribe`` with timestamps (its default), greedy,
+  ``condition_on_previous_text=False``, no VAD filter: the segments come from the model's own
+  timestamp tokens, which is what adaptation can lose;
+- ``speechtl``: ``speechtl.transcribe(engine="ct2", return_segments=True)``: its segments are cut at
+  silences by voice-activity detection, so their times do not depend on the model.
+
+Metric: for every clip, the distance from its true start to the nearest segment start and from its
+true end to the nearest segment end; the median over all of them (seconds) is the boundary error.
+Also the number of segments and the WER of the joined text (Whisper normaliser), and on the clips
+one by one the WER of timestamp-free decoding (``speechtl.transcribe``, engine ct2), so both modes
+are scored after adaptation. Greedy decoding on float32 is deterministic: one pass, no repeats.
+
+Writes bench/results/timestamps.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (RESULTS, SHARED, benchmark_corpus, command_line, finish, machine_facts,  # noqa: E402
+                     real_test_set, utterance_records)
+from inference_rtf import LORA_KEYS, MODEL, TARGET  # noqa: E402
+
+RATE = 16000
+PER_FILE = 12
+TS_KEYS = [*LORA_KEYS, "timestamp_share=0.5"]
+MODELS = ("base", "adapted", "adapted_ts")
+TRIM_DB = 35
+
+
+def recordings(clips: list[dict], work: Path, seed: int = 0) -> list[dict]:
+    """Trimmed clips joined with silences of known length; each recording's true speech spans (s)."""
+    import librosa
+    import soundfile as sf
+
+    from speechtl.audio import load_audio
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(0, len(clips), PER_FILE):
+        pieces, spans, refs, t = [], [], [], 0
+        for c in clips[k:k + PER_FILE]:
+            gap = int(rng.uniform(0.5, 3.0) * RATE)
+            pieces.append(np.zeros(gap, np.float32))
+            t += gap
+            wav, _ = librosa.effects.trim(load_audio(c["audio"], RATE), top_db=TRIM_DB)
+            pieces.append(wav.astype(np.float32))
+            spans.append((t / RATE, (t + len(wav)) / RATE))
+            t += len(wav)
+            refs.append(c["text"])
+        pieces.append(np.zeros(RATE, np.float32))
+        path = work / f"timestamps{k // PER_FILE}.flac"
+        sf.write(path, np.concatenate(pieces), RATE)
+        out.append({"audio": str(path), "spans": spans, "text": " ".join(refs), "duration": (t + RATE) / RATE})
+    return out
+
+
+def boundary_errors(spans: list[tuple[float, float]], segments: list[tuple[float, float]]) -> tuple[list, list]:
+    """Per true span: distance to the nearest segment start, and from its end to the nearest segment end."""
+    if not segments:
+        return [float("inf")] * len(spans), [float("inf")] * len(spans)
+    starts = np.array([s for s, _ in segments])
+    ends = np.array([e for _, e in segments])
+    return ([float(np.abs(starts - a).min()) for a, _ in spans], [float(np.abs(ends - b).min()) for _, b in spans])
+
+
+def measure(name: str, folder: str, files: list[dict], clips: list[dict], threads: int) -> dict[str, dict]:
+    from faster_whisper import WhisperModel
+
+    from speechtl import transcribe
+    from speechtl.audio import load_audio
+    from speechtl.engines import Ct2Whisper
+    from speechtl.wer import wer
+
+    refs = [f["text"] for f in files]
+    out: dict[str, dict] = {}
+    fw = WhisperModel(folder, device="cpu", compute_type="float32", cpu_threads=threads)
+    segs, texts = [], []
+    for f in files:
+        got = list(fw.transcribe(load_audio(f["audio"], RATE), beam_size=1, language="en",
+                                 condition_on_previous_text=False, vad_filter=False)[0])
+        segs.append([(s.start, s.end) for s in got])
+        texts.append(" ".join(s.text.strip() for s in got))
+    out["faster_whisper"] = _score(files, segs, wer(refs, texts, "whisper"))
+    runner = Ct2Whisper(folder, compute_type="float32", threads=threads)
+    got = transcribe(runner, [f["audio"] for f in files], engine="ct2", return_segments=True, progress=False)
+    segs = [[(s.start, s.end) for s in t.segments if s.text] for t in got]
+    out["speechtl"] = _score(files, segs, wer(refs, [t.text for t in got], "whisper"))
+    hyps = transcribe(runner, [c["audio"] for c in clips], engine="ct2", progress=False)
+    out["clips_no_timestamps"] = {"wer": round(wer([c["text"] for c in clips], hyps, "whisper"), 4)}
+    print(f"{name}: " + "; ".join(f"{k} boundary error {v['boundary_error_median_s']:.2f} s, WER {v['wer']:.3f}"
+                                  for k, v in out.items() if "boundary_error_median_s" in v)
+          + f"; clips without timestamps WER {out['clips_no_timestamps']['wer']:.3f}", flush=True)
+    return out
+
+
+def _score(files: list[dict], segs: list[list[tuple[float, float]]], wer_value: float) -> dict[str, Any]:
+    starts, ends = [], []
+    for f, s in zip(files, segs):
+        a, b = boundary_errors(f["spans"], s)
+        starts += a
+        ends += b
+    both = starts + ends
+    return {"boundary_error_median_s": round(statistics.median(both), 3),
+            "start_error_median_s": round(statistics.median(starts), 3),
+            "end_error_median_s": round(statistics.median(ends), 3),
+            "boundaries_within_0.5_s": round(sum(e <= 0.5 for e in both) / len(both), 3),
+            "segments": sum(len(s) for s in segs), "clips": sum(len(f["spans"]) for f in files),
+            "wer": round(wer_value, 4)}
+
+
+def _adapter(work: Path, name: str, keys: list[str], train_manifest: Path) -> Path:
+    from speechtl import recipes
+    from speechtl.config import load_config
+
+    out = work / name
+    if not ((out / "result.json").is_file() and (out / "adapter" / "adapter.json").is_file()):
+        recipes.run(recipes.RunInputs(MODEL, str(train_manifest), target_accent=TARGET),
+                    load_config(None, keys, method="lora"), out, overwrite=True)
+    return out / "adapter"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/speechtl-deploy", help="adapters and exports (shared with inference_rtf)")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--out", default=str(RESULTS / "timestamps.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    from speechtl.data import write_manifest
+    from speechtl.exporting import export
+
+    torch.set_num_threads(args.threads)
+    models = [m for m in args.models.split(",") if m]
+    if set(models) - set(MODELS):
+        sys.exit(f"--models: choose from {', '.join(MODELS)}")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    splits, data = benchmark_corpus()
+    if "speechocean762 (" not in data or not real_test_set():
+        sys.exit(f"needs ../shared/data (speechocean762 and real/) at {SHARED}")
+    write_manifest(splits["train"] + splits["dev"], work / "train.jsonl")
+    adapters = {"base": None,
+                "adapted": _adapter(work, "lora", LORA_KEYS, work / "train.jsonl") if "adapted" in models else None,
+                "adapted_ts": _adapter(work, "lora_ts", TS_KEYS, work / "train.jsonl") if "adapted_ts" in models
+                else None}
+    clips = utterance_records(splits["test"]) + utterance_records(real_test_set())
+    files = recordings(clips, work)
+    result: dict[str, Any] = {
+        "command": command_line(), "machine": machine_facts(), "data": data, "model": MODEL,
+        "adapters": {"adapted": {"keys": LORA_KEYS, "path": str(adapters["adapted"])},
+                     "adapted_ts": {"keys": TS_KEYS, "path": str(adapters["adapted_ts"])}},
+        "config": {"recordings": len(files), "clips": len(clips), "clips_per_recording": PER_FILE,
+                   "audio_seconds": round(sum(f["duration"] for f in files), 1), "trim_db": TRIM_DB,
+                   "gaps_s": [0.5, 3.0], "threads": args.threads, "export": "CTranslate2 float32",
+                   "decoding": "greedy, condition_on_previous_text=False, no VAD filter (faster_whisper)"},
+        "models": {},
+    }
+    for name in models:
+        folder = work / f"{name}-ct2_float32"
+        if not (folder / "checksums.json").is_file():
+            export(None if adapters[name] is None else MODEL, folder, adapter=adapters[name], format="ct2",
+                   quantization="float32", overwrite=True)
+        result["models"][name] = measure(name, str(folder), files, clips, args.threads)
+    m = result["models"]
+    result["targets"] = {
+        f"{name}_minus_base_boundary_error_s": round(m[name]["faster_whisper"]["boundary_error_median_s"]
+                                                      - m["base"]["faster_whisper"]["boundary_error_median_s"], 3)
+        for name in m if name != "base" and "base" in m}
+    result["targets"].update({f"{k}_within_0.2_s": v <= 0.2 for k, v in list(result["targets"].items())})
+    finish(result, Path(args.out), "; ".join(f"{k}: {v}" for k, v in result["targets"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
