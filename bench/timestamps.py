@@ -190,7 +190,7 @@ def main() -> int:
     for name in models:
         folder = work / f"{name}-ct2_float32"
         if not (folder / "checksums.json").is_file():
-            export(None if adapters[name] is None else MODEL, folder, adapter=adapters[name], format="ct2",
+            export(MODEL, folder, adapter=adapters[name], format="ct2",
                    quantization="float32", overwrite=True)
         result["models"][name] = measure(name, str(folder), files, clips, args.threads)
     m = result["models"]
