@@ -296,17 +296,31 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 # -- main -----------------------------------------------------------------------------------------------
 
 
-def _adapter(work: Path, train_manifest: Path) -> tuple[Path, float | None]:
+def train_adapter(work: Path, train_manifest: Path, name: str = "lora", keys: list[str] = LORA_KEYS
+                  ) -> tuple[Path, float | None]:
+    """``speechtl-adapt --method lora`` with ``keys`` into ``work/name`` (reused when an earlier run trained it)."""
     from speechtl import recipes
     from speechtl.config import load_config
 
-    out = work / "lora"
+    out = work / name
     if (out / "result.json").is_file() and (out / "adapter" / "adapter.json").is_file():
         return out / "adapter", None  # trained by an earlier run of this script
     t = time.perf_counter()
     recipes.run(recipes.RunInputs(MODEL, str(train_manifest), target_accent=TARGET),
-                load_config(None, LORA_KEYS, method="lora"), out, overwrite=True)
+                load_config(None, keys, method="lora"), out, overwrite=True)
     return out / "adapter", time.perf_counter() - t
+
+
+def deploy_data(work: Path) -> tuple[dict[str, list], str, Path]:
+    """The benchmark corpus's splits, its description, and its train + dev manifest written into ``work``."""
+    from speechtl.data import write_manifest
+
+    work.mkdir(parents=True, exist_ok=True)
+    splits, data = benchmark_corpus()
+    if "speechocean762 (" not in data or not real_test_set():
+        sys.exit(f"needs ../shared/data (speechocean762 and real/) at {SHARED}")
+    write_manifest(splits["train"] + splits["dev"], work / "train.jsonl")
+    return splits, data, work / "train.jsonl"
 
 
 def _exports(work: Path, adapter: Path | None, name: str) -> dict[str, str]:
@@ -378,15 +392,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "inference_rtf.json"))
     args = ap.parse_args()
 
-    from speechtl.data import write_manifest
-
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    splits, data = benchmark_corpus()
-    if "speechocean762 (" not in data or not real_test_set():
-        sys.exit(f"needs ../shared/data (speechocean762 and real/) at {SHARED}")
-    write_manifest(splits["train"] + splits["dev"], work / "train.jsonl")
-    adapter, adapt_seconds = _adapter(work, work / "train.jsonl")
+    splits, data, train_manifest = deploy_data(work)
+    adapter, adapt_seconds = train_adapter(work, train_manifest)
     folders = {"base": _exports(work, None, "base"), "adapted": _exports(work, adapter, "adapted")}
 
     clips = [{**r, "set": "speechocean762_test"} for r in utterance_records(splits["test"])]

@@ -45,9 +45,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, SHARED, benchmark_corpus, command_line, finish, machine_facts,  # noqa: E402
-                     real_test_set, utterance_records)
-from inference_rtf import LORA_KEYS, MODEL, TARGET  # noqa: E402
+from _common import RESULTS, command_line, finish, machine_facts, real_test_set, utterance_records  # noqa: E402
+from inference_rtf import LORA_KEYS, MODEL, deploy_data, train_adapter  # noqa: E402
 
 RATE = 16000
 PER_FILE = 12
@@ -137,17 +136,6 @@ def _score(files: list[dict], segs: list[list[tuple[float, float]]], wer_value: 
             "wer": round(wer_value, 4)}
 
 
-def _adapter(work: Path, name: str, keys: list[str], train_manifest: Path) -> Path:
-    from speechtl import recipes
-    from speechtl.config import load_config
-
-    out = work / name
-    if not ((out / "result.json").is_file() and (out / "adapter" / "adapter.json").is_file()):
-        recipes.run(recipes.RunInputs(MODEL, str(train_manifest), target_accent=TARGET),
-                    load_config(None, keys, method="lora"), out, overwrite=True)
-    return out / "adapter"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -158,7 +146,6 @@ def main() -> int:
 
     import torch
 
-    from speechtl.data import write_manifest
     from speechtl.exporting import export
 
     torch.set_num_threads(args.threads)
@@ -166,15 +153,11 @@ def main() -> int:
     if set(models) - set(MODELS):
         sys.exit(f"--models: choose from {', '.join(MODELS)}")
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    splits, data = benchmark_corpus()
-    if "speechocean762 (" not in data or not real_test_set():
-        sys.exit(f"needs ../shared/data (speechocean762 and real/) at {SHARED}")
-    write_manifest(splits["train"] + splits["dev"], work / "train.jsonl")
-    adapters = {"base": None,
-                "adapted": _adapter(work, "lora", LORA_KEYS, work / "train.jsonl") if "adapted" in models else None,
-                "adapted_ts": _adapter(work, "lora_ts", TS_KEYS, work / "train.jsonl") if "adapted_ts" in models
-                else None}
+    splits, data, train_manifest = deploy_data(work)
+    trained = {"adapted": ("lora", LORA_KEYS), "adapted_ts": ("lora_ts", TS_KEYS)}
+    adapters = {name: train_adapter(work, train_manifest, *trained[name])[0] if name in models else None
+                for name in trained}
+    adapters["base"] = None
     clips = utterance_records(splits["test"]) + utterance_records(real_test_set())
     files = recordings(clips, work)
     result: dict[str, Any] = {
