@@ -77,8 +77,8 @@ class Seq2SeqASRTask(CTCASRTask):
     With ``timestamp_share`` > 0 that share of the clips (drawn per batch, seeded by ``seed`` and
     the batch's ids) is trained in Whisper's timestamped form: the speech span that voice-activity
     detection finds in the clip (:func:`speechtl.vad.speech_bounds`) becomes a start and an end
-    timestamp token around the transcript. Training only without them is what makes fine-tuned
-    Whisper forget how to place timestamps; the rest of the clips keep the ``<|notimestamps|>`` mode.
+    timestamp token around the transcript, so fine-tuning trains the timestamp mode too (training
+    only without them can make Whisper forget it); the rest of the clips keep the ``<|notimestamps|>`` mode.
     """
 
     def __init__(self, model: nn.Module, *, specaug: SpecAugment | None = None, timestamp_share: float = 0.0,

@@ -108,8 +108,7 @@ class AdaptedModel(nn.Module):
         """Speech recognition loss: the new CTC head's, or the backbone's own (CTC or seq2seq).
 
         ``spans``: Whisper only, each clip's speech ``(start, end)`` in seconds to train with timestamp tokens."""
-        if spans is not None and any(s is not None for s in spans) and (self.head is not None
-                                                                          or self.backbone.task != "seq2seq"):
+        if spans is not None and (self.head is not None or self.backbone.task != "seq2seq"):
             raise SpeechtlError(f"timestamp spans train Whisper's timestamp tokens; {self.name} has none")
         if isinstance(self.head, CTCHead):
             return self.head.loss(self.encode(inputs, lengths), texts)
