@@ -115,6 +115,10 @@ class DataConfig:
     # Whisper: the share of training clips whose targets carry timestamp tokens around the transcript
     # (start and end from voice-activity detection on the clip), so the adapter keeps timestamps.
     timestamp_share: float = 0.0
+    # Whisper: what the loss teaches. "transcripts": cross-entropy on the manifest's transcripts.
+    # "short-context": the adapted model reading each clip unpadded learns the base model's outputs at
+    # 30 s (speechtl.short_context), e.g. on native speech, so the base route can decode short too.
+    objective: Literal["transcripts", "short-context"] = "transcripts"
     normalizer: Literal["whisper", "basic", "none"] = "whisper"
     # Forgetting control (speechtl.replay): a manifest of source/native speech whose train (or
     # unsplit) lines are mixed into the batches and whose dev lines measure forgetting at each evaluation.
@@ -182,7 +186,7 @@ _SPECAUG = ("specaug", "specaug_freq_masks", "specaug_freq_width", "specaug_time
 _REPLAY = ("replay_manifest", "replay_fraction", "distill_weight", "distill_temperature")
 TASK_DATA_KEYS: dict[str, tuple[str, ...]] = {
     "asr": (*_SPEECH_DATA, "short_clips", *_SPECAUG, "beam_size", "dev_short_clips", "normalizer", "timestamp_share",
-            *_REPLAY),
+            "objective", *_REPLAY),
     "speech-classify": (*_SPEECH_DATA, "short_clips", *_SPECAUG),
     "accent-id": _SPEECH_DATA,
     "classify": ("batch_size", "num_workers"),

@@ -12,7 +12,9 @@ Adapting a model to one accent tends to make it worse on the speech it handled w
   The base model is the same network with its adapters switched off (LoRA, bottleneck, ...),
   or a frozen copy taken before training for full fine-tuning. :class:`ReplayTask` wraps the
   ASR task and adds ``distill_weight * KL(base || adapted)`` (softened by ``temperature``,
-  scaled by ``temperature**2``) to the usual loss.
+  scaled by ``temperature**2``) to the usual loss. For Whisper trained on unpadded clips the base
+  model still sees each replay clip padded to 30 s, as it was trained and is decoded, so the adapted
+  model at the clip's own length learns the base model's 30-s outputs rather than its short-clip slips.
 
 The forgetting score at each dev evaluation comes from :func:`forgetting_dev_fn`: the WER on
 held-apart source utterances, and its rise over the base model's WER on them.
@@ -31,7 +33,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -107,6 +109,35 @@ class ReplayBatchSampler:
             yield list(batch) + extra
 
 
+class BaseTeacher:
+    """The base model as a distillation teacher: ``model`` with its adapters switched off, or (a model
+    without adapters: full fine-tuning) a frozen copy of its backbone taken now, before training."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.copy = None if model.adapter_names else copy.deepcopy(model.backbone).eval().requires_grad_(False)
+
+    @contextmanager
+    def __call__(self, device: torch.device) -> Iterator[nn.Module]:
+        """Inside this block, the backbone that computes the base model's outputs (on ``device``)."""
+        if self.copy is not None:
+            if next(self.copy.parameters()).device != device:
+                self.copy.to(device)
+            yield self.copy
+            return
+        with self.model.adapters_disabled():
+            yield self.model.backbone
+
+
+def padded_teacher_inputs(task: Any, backbone: nn.Module, items: list[dict[str, Any]], inputs: torch.Tensor
+                          ) -> torch.Tensor | None:
+    """Whisper's 30-s features of ``items`` when the batch's ``inputs`` were cut shorter, else None."""
+    if getattr(backbone, "task", None) != "seq2seq" or inputs.shape[-1] >= backbone.max_frames:
+        return None
+    feats, _ = task.prepare([it[task.input_key] for it in items], short_clips=False)
+    return feats
+
+
 class ReplayTask:
     """Wraps an ASR task: batches carry a ``replay`` mask; adds a distillation term on replay rows.
 
@@ -114,7 +145,8 @@ class ReplayTask:
     training data). Otherwise the adapted model's logits are computed once for the whole batch:
     the task's loss comes from them, and on the replay rows ``distill_weight * T^2 *
     KL(softmax(base/T) || softmax(adapted/T))``, averaged over the valid positions (Whisper:
-    target tokens; CTC: encoder frames), is added.
+    target tokens; CTC: encoder frames), is added. A Whisper batch cut to its longest clip also
+    carries ``teacher_inputs``: the replay rows' features padded to 30 s, which the base model reads.
     """
 
     def __init__(self, task: Any, model: nn.Module, *, distill_weight: float = 0.0, temperature: float = 1.0):
@@ -124,16 +156,15 @@ class ReplayTask:
         self.task = task
         self.distill_weight = float(distill_weight)
         self.temperature = float(temperature)
-        self._teacher: nn.Module | None = None
+        self._backbone = model.backbone
+        self._teacher: BaseTeacher | None = None
         if self.distill_weight > 0:
             if getattr(model, "head", None) is not None:
                 raise SpeechtlError("distillation needs the backbone's own ASR output (Whisper, or a wav2vec2 "
                                     "model with its CTC head); this model trains a new head: set distill_weight=0")
             if getattr(model.backbone, "task", None) not in ("seq2seq", "ctc"):
                 raise SpeechtlError(f"distillation applies to speech recognition, not {model.backbone.task!r}")
-            if not model.adapter_names:
-                # No adapters to switch off: keep a frozen copy of the base model as the teacher.
-                self._teacher = copy.deepcopy(model.backbone).eval().requires_grad_(False)
+            self._teacher = BaseTeacher(model)
 
     def __getattr__(self, name: str) -> Any:  # predict, prepare, ... come from the wrapped task
         task = self.__dict__.get("task")
@@ -143,13 +174,13 @@ class ReplayTask:
 
     def collate(self, items: list[dict[str, Any]], **prepare_kwargs: Any) -> dict[str, Any]:
         batch = self.task.collate(items, **prepare_kwargs)
-        batch["replay"] = torch.tensor([bool(it.get("replay", False)) for it in items])
+        batch["replay"] = replay = torch.tensor([bool(it.get("replay", False)) for it in items])
+        if self._teacher is not None and bool(replay.any()):
+            rows = replay.nonzero().flatten().tolist()
+            padded = padded_teacher_inputs(self.task, self._backbone, [items[i] for i in rows], batch["inputs"])
+            if padded is not None:
+                batch["teacher_inputs"] = padded  # one row per replay row, in order
         return batch
-
-    def _teacher_context(self, model: nn.Module) -> tuple[nn.Module, AbstractContextManager]:
-        if self._teacher is not None:
-            return self._teacher, nullcontext()
-        return model.backbone, model.adapters_disabled()
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         replay = batch.get("replay")
@@ -168,13 +199,12 @@ class ReplayTask:
                 logits, frames = backbone.logits(inputs, lengths)
                 loss = backbone.loss_from_logits(logits, frames, texts)
                 mask = torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[rows, None]
-        teacher, ctx = self._teacher_context(model)
-        if self._teacher is not None and next(teacher.parameters()).device != inputs.device:
-            teacher.to(inputs.device)
         sub_texts = [texts[i] for i in rows.tolist()]
-        with torch.no_grad(), ctx:
+        teacher_inputs = batch.get("teacher_inputs")
+        teacher_inputs = inputs[rows] if teacher_inputs is None else teacher_inputs.to(inputs.device)
+        with torch.no_grad(), self._teacher(inputs.device) as teacher:
             if backbone.task == "seq2seq":
-                t_logits, _ = teacher.logits(inputs[rows], lengths[rows], sub_texts,
+                t_logits, _ = teacher.logits(teacher_inputs, lengths[rows], sub_texts,
                                              None if spans is None else [spans[i] for i in rows.tolist()])
             else:
                 t_logits, _ = teacher.logits(inputs[rows], lengths[rows])

@@ -8,7 +8,7 @@ states, mean and standard deviation pooling).
 :class:`Router` loads several accent adapters once onto one base model (as named adapters,
 switched by name; the base model is the adapters disabled) and picks, per utterance:
 
-- ``route="none"``: the base model for every utterance;
+- ``route="none"``: the base route for every utterance;
 - ``route=ACCENT``: that accent's adapter for every utterance;
 - ``route="auto"``: the classifier's most probable accent among those with an adapter, or the
   base model when none reaches ``min_prob`` (classes without an adapter, e.g. a native accent,
@@ -21,6 +21,11 @@ Accent belongs to the speaker, not the utterance: given ``groups`` (e.g. each ut
 speaker), ``auto`` pools the classifier's evidence over a group (the mean of its utterances'
 log-probabilities, renormalised) and sends the whole group one way, which is steadier than
 deciding each short utterance alone.
+
+The base route is the adapters disabled, unless ``adapters`` gives one under the name ``base``
+(``--adapters base=DIR``): typically an adapter trained with ``objective=short-context`` on native
+speech, which transcribes like the base model but may decode clips unpadded. Soft mixtures keep
+the share of the classes without an adapter on the plain base model.
 
 When the classifier was trained on the same base weights in ``features`` mode it shares the
 router's encoder (run with adapters disabled, so it sees exactly the encoder it was trained on);
@@ -82,7 +87,7 @@ class Route:
 
 
 def parse_adapter_specs(specs: Sequence[str] | None) -> dict[str, str]:
-    """``["us=runs/us/adapter", "gb=runs/gb/adapter"]`` to ``{accent: folder}``.
+    """``["us=runs/us/adapter", "gb=runs/gb/adapter"]`` to ``{accent: folder}``; ``base=DIR`` gives the base route.
 
     Raises :class:`SpeechtlError` with one sentence on a missing ``=``, an empty or reserved
     accent, a repeated accent, or a folder that does not exist.
@@ -93,7 +98,8 @@ def parse_adapter_specs(specs: Sequence[str] | None) -> dict[str, str]:
         accent, folder = accent.strip(), folder.strip()
         if not sep or not accent or not folder:
             raise SpeechtlError(f"--adapters {spec!r}: write ACCENT=DIR, e.g. mandarin=runs/mandarin/adapter")
-        check_accent_name(accent, where=f"--adapters {spec!r}")
+        if accent != BASE:
+            check_accent_name(accent, where=f"--adapters {spec!r}")
         if accent in out:
             raise SpeechtlError(f"--adapters: accent {accent!r} is given twice; give one adapter per accent")
         if not Path(folder).is_dir():
@@ -124,6 +130,7 @@ class Router:
         backbone: the plain base model (a backbone object, not yet adapted), modified in place.
         adapters: ``{accent: saved adapter folder}``; all of one method and shape (the same
             ``speechtl-adapt`` settings), trained on this base model's weights, without new heads.
+            The key ``"base"`` names the adapter of the base route (else the adapters disabled).
         accent_classifier: a saved classifier folder, an :class:`AccentClassifier`, or an adapted
             model with a classifier head.
     """
@@ -138,8 +145,8 @@ class Router:
             raise SpeechtlError(f"{backbone.name} already carries an adapter; routing loads the adapters itself, "
                                 "so give it the plain base model")
         self.backbone = backbone
-        self.adapter_dirs = {check_accent_name(a): str(d) for a, d in (adapters or {}).items()}
-        self.accents = list(self.adapter_dirs)
+        self.adapter_dirs = {a if a == BASE else check_accent_name(a): str(d) for a, d in (adapters or {}).items()}
+        self.accents = [a for a in self.adapter_dirs if a != BASE]  # the accents the classifier may pick
         self.internal: dict[str, str] = {}  # accent -> adapter name inside the model (accents may hold any character)
         self.short_clips: dict[str, bool | None] = {}  # accent -> how its adapter's training padded clips
         self.model = None
@@ -176,7 +183,7 @@ class Router:
             else:
                 differ = [key for key in cfg if cfg[key] != first_cfg[key]]
                 if differ:
-                    first = self.accents[0]
+                    first = next(iter(saved))
                     raise SpeechtlError(f"{directory}: adapter for {accent!r} differs from the one for {first!r} in "
                                         f"{', '.join(differ)}; routed adapters must share method, targets and rank")
                 self.model.add_adapter(name)
@@ -261,8 +268,9 @@ class Router:
 
     def trained_short(self, route: Route) -> bool:
         """Whether ``route`` runs a model trained on unpadded clips: one adapter saved with
-        ``short_clips: true``. The base model and soft mixtures (partly the base) were not."""
-        return route.weights is None and route.name != BASE and self.short_clips.get(route.name) is True
+        ``short_clips: true`` (the base route's own adapter included). The plain base model and soft
+        mixtures (partly the plain base) were not."""
+        return route.weights is None and self.short_clips.get(route.name) is True
 
     @contextmanager
     def using(self, route: Route) -> Iterator[None]:
@@ -276,7 +284,7 @@ class Router:
             self.check_soft()
             with self.model.adapters_mixed({self.internal[a]: w for a, w in route.weights.items()}):
                 yield
-        elif route.name == BASE:
+        elif route.name == BASE and BASE not in self.internal:
             with self.model.adapters_disabled():
                 yield
         else:

@@ -266,8 +266,9 @@ def _torch_runner(model, adapter, adapters, accent_classifier, router, soft, rou
 def trained_short(runner, router, route) -> bool:
     """Whether ``route`` (or ``runner`` without routing) was trained on unpadded clips, so decodes them so.
 
-    A route of an adapter saved with ``short_clips: true`` decodes short; the base model, a soft
-    mixture (partly the base model) and adapters trained at 30 s or saved before the record do not.
+    A route of an adapter saved with ``short_clips: true`` (a base-route adapter included) decodes short;
+    the plain base model, a soft mixture (partly the base model) and adapters trained at 30 s or saved
+    before the record do not.
     """
     if router is not None and route is not None:
         return router.trained_short(route)

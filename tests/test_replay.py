@@ -85,6 +85,30 @@ def test_distillation_is_zero_at_start_and_positive_once_adapted(name):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_whisper_on_unpadded_clips_distils_towards_the_base_model_at_30s():
+    torch.manual_seed(0)
+    backbone = create_backbone("whisper-tiny-random")
+    backbone.short_clips = True
+    model = adapt(backbone, "lora", lora_r=4)
+    model.eval()
+    task = ReplayTask(task_for(model), model, distill_weight=1.0)
+    batch = _batch(task)
+    assert batch["inputs"].shape[-1] < 3000 and batch["teacher_inputs"].shape == (2, 80, 3000)  # replay rows only
+    rows = [1, 2]
+    with torch.no_grad(), model.adapters_disabled():
+        t_logits, targets = backbone.logits(batch["teacher_inputs"], batch["lengths"][rows],
+                                            [batch["texts"][i] for i in rows])
+    with torch.no_grad():
+        logits, _ = backbone.logits(batch["inputs"], batch["lengths"], batch["texts"])
+        plain = task.task.loss(model, batch)
+        total = task.loss(model, batch)
+    s_logits = logits[rows][:, : t_logits.shape[1]]
+    expected = distillation_kl(s_logits, t_logits, targets != -100)
+    # Even a zero-initialised adapter differs from the base model at 30 s, which is what the term pulls towards.
+    assert expected.item() > 1e-4
+    assert total.item() == pytest.approx(plain.item() + expected.item(), rel=1e-4)
+
+
 def test_distillation_with_full_finetuning_uses_a_frozen_copy():
     torch.manual_seed(0)
     model = adapt(create_backbone("whisper-tiny-random"), "finetune")

@@ -285,7 +285,7 @@ def test_cli_routes_and_prints_the_route(setup, tmp_path, capsys):
     (["--adapters", "hiss"], "write ACCENT=DIR"),
     (["--adapters", "=x"], "write ACCENT=DIR"),
     (["--adapters", "hiss=/no/such/folder"], "does not exist"),
-    (["--adapters", "base={a}"], "route keyword"),
+    (["--adapters", "auto={a}"], "route keyword"),
     (["--adapters", "hiss={a}", "hiss={a}"], "given twice"),
     (["--adapters", "hiss={a}"], "--route auto needs --accent-classifier"),
     (["--adapters", "hiss={a}", "--route", "hum"], "not auto, none or an accent"),

@@ -111,13 +111,19 @@ class WhisperBackbone(nn.Module):
             return_tensors="pt",
         ).input_features
         lengths = torch.tensor([min(math.ceil(len(w) / HOP), self.max_frames) for w in waveforms])
-        if short:
-            frames = int(lengths.max())
-            frames += frames % 2
-            feats = feats[..., :frames].clone()
-            # Zero beyond each clip, as the first convolution's own padding does for a clip alone.
-            feats.masked_fill_(torch.arange(frames)[None, None, :] >= lengths[:, None, None], 0.0)
-        return feats, lengths
+        return (self.shorten(feats, lengths) if short else feats), lengths
+
+    @staticmethod
+    def shorten(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """30-s log-mel ``(batch, n_mels, 3000)`` cut to the batch's longest clip (an even frame count),
+        zero beyond each clip: what :meth:`prepare` gives with ``short_clips``."""
+        frames = int(lengths.max())
+        frames += frames % 2
+        feats = feats[..., :frames].clone()
+        # Zero beyond each clip, as the first convolution's own padding does for a clip alone.
+        beyond = torch.arange(frames, device=feats.device)[None, None, :] >= lengths.to(feats.device)[:, None, None]
+        feats.masked_fill_(beyond, 0.0)
+        return feats
 
     # -- encoder ----------------------------------------------------------------------------
     def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:

@@ -18,7 +18,8 @@ _ROUTE_BY_HELP = {
 def add_routing_args(p: argparse.ArgumentParser, *, route_by: tuple[str, ...] = ("file", "all")) -> None:
     """--adapters, --accent-classifier, --route, --min-prob, --soft-route, --route-by (shared with speechtl-eval)."""
     p.add_argument("--adapters", nargs="+", metavar="ACCENT=DIR",
-                   help="one saved adapter folder per accent, loaded once and chosen per file by --route")
+                   help="one saved adapter folder per accent, loaded once and chosen per file by --route; "
+                        "base=DIR runs DIR on the base route (e.g. an objective=short-context adapter)")
     p.add_argument("--accent-classifier", metavar="DIR",
                    help="a saved accent classifier (speechtl-adapt --task accent-id) for --route auto")
     p.add_argument("--route", default="auto",

@@ -5,7 +5,10 @@ Batches hold up to ``batch_seconds`` of audio; Whisper pads each batch to its lo
 ``replay_manifest`` a share of every batch is native speech, optionally distilled towards the
 base model, and each dev evaluation also reports forgetting on the replay dev lines. With
 ``timestamp_share`` a share of Whisper's training clips carries timestamp tokens (speech bounds from
-voice-activity detection), so the adapted model keeps placing them.
+voice-activity detection), so the adapted model keeps placing them. With
+``objective=short-context`` the loss is the short-context distillation of
+:mod:`speechtl.short_context` instead of the transcripts' cross-entropy, and dev decodes clips
+unpadded (the way such an adapter is used).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def backbone_defaults(cfg: RunConfig, backbone) -> dict[str, Any]:
     chosen = dict(WHISPER_DEFAULTS.get(cfg.adapt.method, {}))
     if cfg.user_keys & set(_PLACEMENT):
         chosen.pop("target_modules", None)
+    if cfg.data.objective == "short-context":
+        chosen["dev_short_clips"] = True  # the dev WER of what the objective trains for: unpadded decoding
     return chosen
 
 
@@ -114,6 +119,13 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
                if d.specaug else None)
     task = task_for(model, specaug=specaug, timestamp_share=d.timestamp_share, seed=cfg.train.seed)
     classification = isinstance(task, ClassificationTask)
+    if d.objective == "short-context":
+        from ..short_context import ShortContextTask
+
+        if d.replay_manifest is not None:
+            raise SpeechtlError("objective=short-context already distils every training clip towards the base "
+                                "model; leave replay_manifest unset (put the native speech in the training manifest)")
+        task = ShortContextTask(task, model, temperature=d.distill_temperature)
     train_cfg = cfg.train
     if classification and train_cfg.metric == "wer":
         train_cfg = dataclasses.replace(train_cfg, metric="error")
@@ -136,7 +148,8 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
         loader = audio_loader(train_utts, rate, d.batch_seconds, task.collate, num_workers=d.num_workers,
                               shuffle=True, seed=seed, world=world, rank=rank, **augmentation(d))
 
-    dev_collate = task.collate
+    # Dev batches need no teacher: short-context dev decoding collates like the wrapped task.
+    dev_collate = task.task.collate if d.objective == "short-context" else task.collate
     if d.timestamp_share:  # dev decoding scores transcripts without timestamps
         dev_collate = functools.partial(dev_collate, timestamps=False)
     if hasattr(backbone, "short_clips") and not d.dev_short_clips:

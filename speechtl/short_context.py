@@ -1,0 +1,79 @@
+"""Short-context distillation: teach Whisper to transcribe a clip encoded at its own length as it does at 30 s.
+
+Whisper always saw 30 s of audio in pre-training, so an utterance of a few seconds is padded to
+30 s and most of the encoder's work goes to silence. Encoded unpadded, the pretrained model
+drifts: it repeats itself or stops early. Adapters trained on unpadded clips learn the short
+context along with their accent; this objective teaches it on its own, for the base model (the
+route of native speech), in the spirit of FUTO's whisper-acft: the student is the adapted model
+reading each clip's features only up to the clip's end (the batch cut to its longest clip), the
+teacher is the base model reading the same clip padded to 30 s, and the loss is
+``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` over the transcript's tokens (teacher
+forcing; the transcript's end-of-text included, which is where an unpadded model goes wrong).
+There is no cross-entropy on the transcripts: the student learns the base model's behaviour,
+not the transcripts', so an adapter trained this way on native speech keeps the base model's
+WER while it decodes short.
+
+``speechtl-adapt --method lora objective=short-context`` trains it; the adapter records
+``short_clips: true``, so ``speechtl-transcribe --adapter DIR`` decodes short by default, and
+``--adapters base=DIR`` makes it the base route of accent routing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SpeechtlError
+from .replay import BaseTeacher, distillation_kl, padded_teacher_inputs
+
+
+class ShortContextTask:
+    """Wraps a Whisper :class:`~speechtl.tasks.Seq2SeqASRTask`: the loss is the short-context distillation term.
+
+    ``collate`` builds the batch the wrapped task builds (``inputs`` cut to the longest clip,
+    ``spans`` where the task draws timestamps) plus ``teacher_inputs``, the same clips padded to
+    30 s (absent when the longest clip fills 30 s, so the batch was not cut). ``predict`` and the rest come from the wrapped task, so dev decoding is unchanged.
+    """
+
+    def __init__(self, task: Any, model: nn.Module, *, temperature: float = 1.0):
+        backbone = model.backbone
+        if getattr(model, "head", None) is not None or getattr(backbone, "task", None) != "seq2seq":
+            what = type(model.head).__name__ if getattr(model, "head", None) is not None else backbone.task
+            raise SpeechtlError(f"objective=short-context distils Whisper's own decoder; {model.name} ({what}) "
+                                "has none: use objective=transcripts")
+        if not getattr(backbone, "short_clips", False):
+            raise SpeechtlError("objective=short-context teaches the model clips encoded at their own length; "
+                                "with short_clips=false the student reads 30 s like the teacher: set short_clips=true")
+        if temperature <= 0:
+            raise SpeechtlError(f"distill_temperature must be > 0, got {temperature}")
+        self.task = task
+        self.temperature = float(temperature)
+        self._backbone = backbone
+        self._teacher = BaseTeacher(model)
+
+    def __getattr__(self, name: str) -> Any:  # predict, prepare, ... come from the wrapped task
+        task = self.__dict__.get("task")
+        if task is None:
+            raise AttributeError(name)
+        return getattr(task, name)
+
+    def collate(self, items: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        batch = self.task.collate(items, **kwargs)
+        padded = padded_teacher_inputs(self.task, self._backbone, items, batch["inputs"])
+        if padded is not None:
+            batch["teacher_inputs"] = padded
+        return batch
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        backbone = model.backbone
+        inputs, lengths, texts = batch["inputs"], batch["lengths"], list(batch["texts"])
+        spans = batch.get("spans")
+        # A batch whose longest clip fills 30 s is not cut: teacher and student read the same features.
+        teacher_inputs = batch.get("teacher_inputs", inputs)
+        with self.task._augment(model):
+            s_logits, targets = backbone.logits(inputs, lengths, texts, spans)
+        with torch.no_grad(), self._teacher(inputs.device) as teacher:
+            t_logits, _ = teacher.logits(teacher_inputs.to(inputs.device), lengths, texts, spans)
+        return distillation_kl(s_logits, t_logits, targets != -100, self.temperature)
