@@ -7,7 +7,12 @@ Run by hand on an idle machine (about 40 minutes on 2 cores with the defaults):
 
 Models: whisper-tiny.en zero-shot (``base``) and with the LoRA adapter of speechtl-adapt on the
 speechocean762 train speakers (``adapted``: ``--method lora``, the keys in ``LORA_KEYS``, trained
-once into ``--work`` and reused). Each is exported with speechtl-export to transformers (what the
+once into ``--work`` and reused), and the short-context-trained base model (``short_context``:
+``--method lora objective=short-context``, the keys in ``SHORT_CONTEXT_KEYS``, distilled from the
+30-s base model on synthetic native voices (us, gb, scottish) and the audio of the speechocean762
+train speakers, since the objective learns the base model's outputs rather than an accent; the
+synthetic voices' dev pseudo-speakers choose the checkpoint, and no clip of the measured sets
+trains or chooses anything). Each is exported with speechtl-export to transformers (what the
 pipeline loads) and to CTranslate2 int8 (what faster-whisper and ``--engine ct2`` load).
 
 Data (real speech only): the speechocean762 test speakers (100 clips, Mandarin-L1, speakers that
@@ -31,8 +36,8 @@ Sides (each in its own process, same threads, greedy decoding, max 128 new token
 - ``faster_whisper``: faster-whisper itself on the same folder (int8): clips one by one with
   ``WhisperModel.transcribe``, long-form with ``BatchedInferencePipeline(batch_size=8)``; beam 1.
 
-``--sets`` picks the sets (clips, long, silence; all by default) and ``--no-round-trip`` skips the
-round trip below, for a run that measures clips only.
+``--models`` picks the models (all three by default), ``--sets`` the sets (clips, long, silence; all
+by default) and ``--no-round-trip`` skips the round trip below, for a run that measures clips only.
 
 The sides run ``--repeats`` times, interleaved (every side once, then again). RTF = seconds of
 processing / seconds of audio, wall clock, models loaded and warmed up first; the spread is
@@ -64,6 +69,11 @@ from _common import (RESULTS, SHARED, benchmark_corpus, child_main, command_line
 MODEL = "whisper-tiny.en"
 TARGET = "Mandarin-L1"
 LORA_KEYS = ["lr=3e-4", "warmup_steps=10", "batch_seconds=40", "seed=0", "max_steps=180", "eval_every=60"]
+# The short-context objective on native speech: Whisper's LoRA defaults otherwise (every linear layer, rank 4, lr 1e-3).
+SHORT_CONTEXT_KEYS = ["objective=short-context", "specaug=false", "batch_seconds=40", "seed=0", "max_steps=SC_STEPS",
+                      "eval_every=SC_EVAL"]
+NATIVE_ACCENTS = ["us", "gb", "scottish"]
+MODELS = ("base", "adapted", "short_context")
 MAX_NEW_TOKENS = 128
 BATCH = 8
 SIDES = ("pipeline", "speechtl", "speechtl_30s", "speechtl_short", "speechtl_ct2", "faster_whisper")
@@ -296,8 +306,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 # -- main -----------------------------------------------------------------------------------------------
 
 
-def train_adapter(work: Path, train_manifest: Path, name: str = "lora", keys: list[str] = LORA_KEYS
-                  ) -> tuple[Path, float | None]:
+def train_adapter(work: Path, train_manifest: Path, name: str = "lora", keys: list[str] = LORA_KEYS,
+                  target_accent: str | None = TARGET) -> tuple[Path, float | None]:
     """``speechtl-adapt --method lora`` with ``keys`` into ``work/name`` (reused when an earlier run trained it)."""
     from speechtl import recipes
     from speechtl.config import load_config
@@ -306,9 +316,32 @@ def train_adapter(work: Path, train_manifest: Path, name: str = "lora", keys: li
     if (out / "result.json").is_file() and (out / "adapter" / "adapter.json").is_file():
         return out / "adapter", None  # trained by an earlier run of this script
     t = time.perf_counter()
-    recipes.run(recipes.RunInputs(MODEL, str(train_manifest), target_accent=TARGET),
+    recipes.run(recipes.RunInputs(MODEL, str(train_manifest), target_accent=target_accent),
                 load_config(None, keys, method="lora"), out, overwrite=True)
     return out / "adapter", time.perf_counter() - t
+
+
+def train_short_context(work: Path, steps: int, train_speech: list) -> tuple[Path, float | None, dict[str, Any]]:
+    """The base model's short-context adapter, distilled on synthetic native voices (built into ``work``) and
+    ``train_speech`` (utterances whose transcripts teacher-force the decoder; none of the measured clips)."""
+    from speechtl.data import write_manifest
+    from speechtl.data.synth import build_corpus
+
+    synth = build_corpus(work / "native-synth", NATIVE_ACCENTS, per_accent=150, seed=0, heldout=[], dev=0.1,
+                         test=0.0, progress=False)
+    real = []
+    for u in train_speech:
+        v = type(u)(**u.__dict__)
+        v.split = "train"
+        real.append(v)
+    manifest = work / "short-context.jsonl"
+    write_manifest([u for u in synth if u.split in ("train", "dev")] + real, manifest)
+    keys = [k.replace("SC_STEPS", str(steps)).replace("SC_EVAL", str(max(1, steps // 3))) for k in SHORT_CONTEXT_KEYS]
+    adapter, seconds = train_adapter(work, manifest, name=f"short_context{steps}", keys=keys, target_accent=None)
+    n = {s: sum(u.split == s for u in synth) for s in ("train", "dev")}
+    return adapter, seconds, {"keys": keys, "train": f"{n['train']} synthetic native clips "
+                              f"({', '.join(NATIVE_ACCENTS)}) and {len(real)} speechocean762 train-speaker clips; {n['dev']} synthetic dev clips of "
+                              "other pseudo-speakers choose the checkpoint"}
 
 
 def deploy_data(work: Path) -> tuple[dict[str, list], str, Path]:
@@ -343,7 +376,7 @@ def _summary(runs: list[dict]) -> dict[str, Any]:
                 "max": round(max(values), 4)}
 
     out: dict[str, Any] = {}
-    for model in ("base", "adapted"):
+    for model in MODELS:
         for side in SIDES:
             rs = [r for r in runs if r["model"] == model and r["side"] == side]
             if not rs:
@@ -362,7 +395,7 @@ def _summary(runs: list[dict]) -> dict[str, Any]:
                     row["silence_words"] = max(r["silence"]["words"] for r in rs)
             row["clip_loops"] = max(r["clips"]["loops"] for r in rs)
             out[f"{model}/{side}"] = row
-    for model in ("base", "adapted"):
+    for model in MODELS:
         p = out.get(f"{model}/pipeline")
         for side in SIDES[1:]:
             s = out.get(f"{model}/{side}")
@@ -371,6 +404,8 @@ def _summary(runs: list[dict]) -> dict[str, Any]:
                     s[f"{name}_rtf_over_pipeline"] = round(s[f"{name}_rtf"]["median"] / p[f"{name}_rtf"]["median"], 3)
         if model == "adapted":  # auto: the adapter decodes unpadded, as it trained
             short, padded = out.get("adapted/speechtl"), out.get("adapted/speechtl_30s")
+        elif model == "short_context":  # against the base model at 30 s, which it stands in for
+            short, padded = out.get("short_context/speechtl"), out.get("base/speechtl")
         else:  # auto: the base model pads to 30 s
             short, padded = out.get("base/speechtl_short"), out.get("base/speechtl")
         if short and padded:
@@ -386,6 +421,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/speechtl-deploy", help="adapter, exports and long-form files (reused)")
     ap.add_argument("--sides", default=",".join(SIDES))
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--short-context-steps", type=int, default=300, help="optimizer steps of the short-context adapter")
     ap.add_argument("--sets", default=",".join(SETS), help="which of clips, long, silence to run (clips always)")
     ap.add_argument("--no-round-trip", action="store_true", help="skip the export round trip")
     ap.add_argument("--limit", type=int, default=0, help="first N clips only (a quick check; 0: all)")
@@ -394,8 +431,18 @@ def main() -> int:
 
     work = Path(args.work)
     splits, data, train_manifest = deploy_data(work)
+    models = [m for m in args.models.split(",") if m]
+    if set(models) - set(MODELS) or "base" not in models:
+        sys.exit(f"--models: choose from {', '.join(MODELS)}, base included (the others are compared to it)")
     adapter, adapt_seconds = train_adapter(work, train_manifest)
+    adapters = {"base": None, "adapted": adapter}
     folders = {"base": _exports(work, None, "base"), "adapted": _exports(work, adapter, "adapted")}
+    sc_info = None
+    if "short_context" in models:
+        sc_adapter, sc_seconds, sc_info = train_short_context(work, args.short_context_steps, splits["train"])
+        sc_info.update({"path": str(sc_adapter), "adapt_seconds": None if sc_seconds is None else round(sc_seconds, 1)})
+        adapters["short_context"] = sc_adapter
+        folders["short_context"] = _exports(work, sc_adapter, f"short_context{args.short_context_steps}")
 
     clips = [{**r, "set": "speechocean762_test"} for r in utterance_records(splits["test"])]
     clips += [{**r, "set": "real_vctk_ljspeech"} for r in utterance_records(real_test_set())]
@@ -415,6 +462,7 @@ def main() -> int:
         "command": command_line(), "machine": machine_facts(), "data": data, "model": MODEL,
         "adapter": {"path": str(adapter), "keys": LORA_KEYS, "train": "speechocean762 train split (40 speakers)",
                     "adapt_seconds": None if adapt_seconds is None else round(adapt_seconds, 1)},
+        "short_context_adapter": sc_info,
         "config": {"batch": BATCH, "decoding": f"greedy (beam 1), max {MAX_NEW_TOKENS} new tokens",
                    "threads": args.threads, "repeats": args.repeats,
                    "clips": {s: sum(c["set"] == s for c in clips) for s in sorted({c["set"] for c in clips})},
@@ -426,12 +474,14 @@ def main() -> int:
     }
     sides = [s for s in args.sides.split(",") if s]
     for rep in range(args.repeats):
-        for model in ("base", "adapted"):
+        for model in models:
             for side in sides:
                 if model == "base" and side == "speechtl_30s":
                     continue  # the base model's auto is 30 s: the speechtl side already runs it
+                if model != "base" and side == "speechtl_short":
+                    continue  # an adapter trained unpadded: its auto is short
                 spec = {"side": side, "model": model, "repeat": rep, "threads": args.threads, "sets": sets,
-                        "folders": folders[model], "adapter": str(adapter) if model == "adapted" else None}
+                        "folders": folders[model], "adapter": None if adapters[model] is None else str(adapters[model])}
                 r = run_child(__file__, spec, threads=args.threads)
                 print(f"repeat {rep} {model}/{side}: " + "; ".join(
                     f"{name} RTF {r[name]['rtf']:.3f}" + (f" WER {r[name]['wer']:.3f}" if "wer" in r[name] else
@@ -452,6 +502,21 @@ def main() -> int:
         "base_short_wer_minus_30s_points": None if not (base_short and base_30s) else
         round(100 * (base_short["clips_wer"] - base_30s["clips_wer"]), 2),
     }
+    sc = s.get("short_context/speechtl")
+    if sc and base_30s:
+        native = "real_vctk_ljspeech"
+        runs = {m: next(r for r in result["runs"] if r["model"] == m and r["side"] == "speechtl")
+                for m in ("base", "short_context")}
+        native_delta = 100 * (runs["short_context"]["clips"]["wer_per_set"][native]
+                              - runs["base"]["clips"]["wer_per_set"][native])
+        result["targets"].update({
+            "short_context_native_wer_minus_base_30s_points": round(native_delta, 2),
+            "short_context_native_wer_within_0.5_points": native_delta <= 0.5,
+            "short_context_all_clips_wer_minus_base_30s_points":
+                round(100 * (sc["clips_wer"] - base_30s["clips_wer"]), 2),
+            "short_context_rtf_over_base_30s": sc["clips_rtf_over_30s"],
+            "short_context_rtf_le_0.4x_base_30s": sc["clips_rtf_over_30s"] <= 0.4,
+        })
     if "long" in sets:
         result["targets"].update({
             "long_form_ct2_rtf_over_pipeline_le_0.5": None if not (p and c) else c["long_rtf_over_pipeline"] <= 0.5,

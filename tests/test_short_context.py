@@ -124,7 +124,9 @@ def test_the_recipe_trains_the_objective_and_dev_decodes_unpadded(tone_manifest,
                       method="lora")
     built = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg)
     assert isinstance(built.task, ShortContextTask)
-    assert built.config.data.dev_short_clips is True  # the recipe's default for this objective
+    # The recipe's defaults for this objective: dev decodes unpadded, and the student reads clean clips.
+    assert built.config.data.dev_short_clips is True and built.config.data.specaug is False
+    assert built.task.specaug is None
     frames: list[int] = []
     encode = WhisperBackbone.encode
 

@@ -49,6 +49,9 @@ def backbone_defaults(cfg: RunConfig, backbone) -> dict[str, Any]:
         chosen.pop("target_modules", None)
     if cfg.data.objective == "short-context":
         chosen["dev_short_clips"] = True  # the dev WER of what the objective trains for: unpadded decoding
+        # The student learns to match the base model on the same clean clips: with masked features it
+        # would chase outputs it cannot reach. A user's specaug=true still wins.
+        chosen["specaug"] = False
     return chosen
 
 
