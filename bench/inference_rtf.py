@@ -340,8 +340,8 @@ def train_short_context(work: Path, steps: int, train_speech: list) -> tuple[Pat
     adapter, seconds = train_adapter(work, manifest, name=f"short_context{steps}", keys=keys, target_accent=None)
     n = {s: sum(u.split == s for u in synth) for s in ("train", "dev")}
     return adapter, seconds, {"keys": keys, "train": f"{n['train']} synthetic native clips "
-                              f"({', '.join(NATIVE_ACCENTS)}) and {len(real)} speechocean762 train-speaker clips; {n['dev']} synthetic dev clips of "
-                              "other pseudo-speakers choose the checkpoint"}
+                              f"({', '.join(NATIVE_ACCENTS)}) and {len(real)} speechocean762 train-speaker clips; "
+                              f"{n['dev']} synthetic dev clips of other pseudo-speakers choose the checkpoint"}
 
 
 def deploy_data(work: Path) -> tuple[dict[str, list], str, Path]:
