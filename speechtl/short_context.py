@@ -34,7 +34,8 @@ class ShortContextTask:
 
     ``collate`` builds the batch the wrapped task builds (``inputs`` cut to the longest clip,
     ``spans`` where the task draws timestamps) plus ``teacher_inputs``, the same clips padded to
-    30 s (absent when the longest clip fills 30 s, so the batch was not cut). ``predict`` and the rest come from the wrapped task, so dev decoding is unchanged.
+    30 s (absent when the longest clip fills 30 s, so the batch was not cut). ``predict`` and the
+    rest come from the wrapped task, so dev decoding is unchanged.
     """
 
     def __init__(self, task: Any, model: nn.Module, *, temperature: float = 1.0):
