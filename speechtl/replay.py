@@ -109,6 +109,18 @@ class ReplayBatchSampler:
             yield list(batch) + extra
 
 
+class WrappedTask:
+    """A task around another (``self.task``); what it does not define (``predict``, ``prepare``, ...) is the inner one's."""
+
+    task: Any
+
+    def __getattr__(self, name: str) -> Any:
+        task = self.__dict__.get("task")
+        if task is None:
+            raise AttributeError(name)
+        return getattr(task, name)
+
+
 class BaseTeacher:
     """The base model as a distillation teacher: ``model`` with its adapters switched off, or (a model
     without adapters: full fine-tuning) a frozen copy of its backbone taken now, before training."""
@@ -138,7 +150,7 @@ def padded_teacher_inputs(task: Any, backbone: nn.Module, items: list[dict[str, 
     return feats
 
 
-class ReplayTask:
+class ReplayTask(WrappedTask):
     """Wraps an ASR task: batches carry a ``replay`` mask; adds a distillation term on replay rows.
 
     With ``distill_weight=0`` the loss is the wrapped task's (replay utterances are ordinary
@@ -165,12 +177,6 @@ class ReplayTask:
             if getattr(model.backbone, "task", None) not in ("seq2seq", "ctc"):
                 raise SpeechtlError(f"distillation applies to speech recognition, not {model.backbone.task!r}")
             self._teacher = BaseTeacher(model)
-
-    def __getattr__(self, name: str) -> Any:  # predict, prepare, ... come from the wrapped task
-        task = self.__dict__.get("task")
-        if task is None:
-            raise AttributeError(name)
-        return getattr(task, name)
 
     def collate(self, items: list[dict[str, Any]], **prepare_kwargs: Any) -> dict[str, Any]:
         batch = self.task.collate(items, **prepare_kwargs)

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from .errors import SpeechtlError
-from .replay import BaseTeacher, distillation_kl, padded_teacher_inputs
+from .replay import BaseTeacher, WrappedTask, distillation_kl, padded_teacher_inputs
 
 
-class ShortContextTask:
+class ShortContextTask(WrappedTask):
     """Wraps a Whisper :class:`~speechtl.tasks.Seq2SeqASRTask`: the loss is the short-context distillation term.
 
     ``collate`` builds the batch the wrapped task builds (``inputs`` cut to the longest clip,
@@ -53,12 +53,6 @@ class ShortContextTask:
         self.temperature = float(temperature)
         self._backbone = backbone
         self._teacher = BaseTeacher(model)
-
-    def __getattr__(self, name: str) -> Any:  # predict, prepare, ... come from the wrapped task
-        task = self.__dict__.get("task")
-        if task is None:
-            raise AttributeError(name)
-        return getattr(task, name)
 
     def collate(self, items: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         batch = self.task.collate(items, **kwargs)

@@ -178,3 +178,19 @@ def fake_packaged(random_ct2, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("SPEECHTL_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "models" / f"v{FORMAT_VERSION}" / "whisper-fake"
+
+
+@pytest.fixture
+def frames(monkeypatch) -> list[int]:
+    """The log-mel frame count of every batch the PyTorch Whisper encoder receives."""
+    from speechtl.backbones.whisper import WhisperBackbone
+
+    seen: list[int] = []
+    encode = WhisperBackbone.encode
+
+    def spy(self, inputs, lengths):
+        seen.append(int(inputs.shape[-1]))
+        return encode(self, inputs, lengths)
+
+    monkeypatch.setattr(WhisperBackbone, "encode", spy)
+    return seen

@@ -15,7 +15,6 @@ import torch
 import speechtl
 from speechtl import recipes
 from speechtl.adapters import load_adapter
-from speechtl.backbones.whisper import WhisperBackbone
 from speechtl.cli.transcribe import main as transcribe_main
 from speechtl.config import load_config
 from speechtl.decoding import DecodeOptions
@@ -84,20 +83,6 @@ def waves():
     # Lengths a multiple of 320 samples (an even number of log-mel frames), so that a clip cut to its
     # own length holds exactly its features on both engines.
     return [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in (0.6, 1.3, 0.9, 2.0)]
-
-
-@pytest.fixture
-def frames(monkeypatch) -> list[int]:
-    """The log-mel frame count of every batch the PyTorch Whisper encoder receives."""
-    seen: list[int] = []
-    encode = WhisperBackbone.encode
-
-    def spy(self, inputs, lengths):
-        seen.append(int(inputs.shape[-1]))
-        return encode(self, inputs, lengths)
-
-    monkeypatch.setattr(WhisperBackbone, "encode", spy)
-    return seen
 
 
 def _one_by_one(model, waves, short: bool) -> list[str]:

@@ -118,7 +118,7 @@ def _manifest(tone_manifest):
                           ("no way", "A", "dev")])
 
 
-def test_the_recipe_trains_the_objective_and_dev_decodes_unpadded(tone_manifest, tmp_path, monkeypatch):
+def test_the_recipe_trains_the_objective_and_dev_decodes_unpadded(tone_manifest, tmp_path, frames):
     manifest = _manifest(tone_manifest)
     cfg = load_config(None, ["progress=false", "objective=short-context", "max_steps=3", "eval_every=3"],
                       method="lora")
@@ -127,14 +127,7 @@ def test_the_recipe_trains_the_objective_and_dev_decodes_unpadded(tone_manifest,
     # The recipe's defaults for this objective: dev decodes unpadded, and the student reads clean clips.
     assert built.config.data.dev_short_clips is True and built.config.data.specaug is False
     assert built.task.specaug is None
-    frames: list[int] = []
-    encode = WhisperBackbone.encode
-
-    def spy(self, inputs, lengths):
-        frames.append(int(inputs.shape[-1]))
-        return encode(self, inputs, lengths)
-
-    monkeypatch.setattr(WhisperBackbone, "encode", spy)
+    frames.clear()
     result = recipes.execute(built, tmp_path / "run")
     assert FULL in frames and min(frames) < FULL  # the teacher at 30 s, student and dev decoding unpadded
     meta = json.loads((result.adapter / "adapter.json").read_text())
@@ -185,7 +178,7 @@ def base_and_adapters(tmp_path_factory):
     return folder / "whisper", saved
 
 
-def test_a_base_adapter_runs_the_base_route_and_decodes_it_short(base_and_adapters, monkeypatch):
+def test_a_base_adapter_runs_the_base_route_and_decodes_it_short(base_and_adapters, frames):
     base_dir, saved = base_and_adapters
     assert parse_adapter_specs([f"base={saved['native']}", f"A={saved['A']}"]) == {
         "base": str(saved["native"]), "A": str(saved["A"])}
@@ -206,14 +199,7 @@ def test_a_base_adapter_runs_the_base_route_and_decodes_it_short(base_and_adapte
     torch.testing.assert_close(routed, alone)  # the base route is the base adapter,
     assert not torch.allclose(routed, bare)    # not the adapters switched off
 
-    frames: list[int] = []
-    encode = WhisperBackbone.encode
-
-    def spy(self, inputs, lengths):
-        frames.append(int(inputs.shape[-1]))
-        return encode(self, inputs, lengths)
-
-    monkeypatch.setattr(WhisperBackbone, "encode", spy)
+    frames.clear()  # what transcription encodes, from here on
     out = speechtl.transcribe(base_dir, waves, adapters={BASE: saved["native"], "A": saved["A"]}, route="none",
                               decode_options=DecodeOptions.plain(max_new_tokens=6), return_segments=True)
     assert [t.route.name for t in out] == [BASE] * 4 and all(t.short_clips for t in out)
