@@ -22,6 +22,10 @@ the end; afterwards one evaluator scores every snapshot on the dev speakers and 
 the test speakers, who choose nothing: speechtl's decoder, greedy, 30-s padding for both sides,
 WER with the Whisper normaliser. Seeds run interleaved (speechtl, HF, speechtl, HF, ...).
 
+``--merge-with`` adds seeds to an earlier result of the same settings (model, data, budget, marks,
+LoRA and keys): its runs are kept, each with the commit and command that measured it, and the
+summary covers every seed.
+
 Writes ``bench/results/adapt_quality[_<model>].json`` and a PNG of the curves beside it.
 """
 
@@ -348,6 +352,9 @@ def main() -> int:
                                                "on top of the recipe's defaults")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N dev and test clips (quick checks)")
     ap.add_argument("--work", default="/tmp/speechtl-quality")
+    ap.add_argument("--merge-with", default=None,
+                    help="an earlier result of this script with the same settings and other seeds: its runs are kept "
+                         "(each with the commit and command that measured it) and the summary covers all seeds")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -367,6 +374,12 @@ def main() -> int:
              for side, arg in (("speechtl", args.marks), ("hf", args.hf_marks))}
     base = {"model": args.model, "train": train, "lora": lora, "keys": keys, "threads": args.threads}
     seeds = [int(s) for s in args.seeds.split(",")]
+    earlier = json.loads(Path(args.merge_with).read_text()) if args.merge_with else None
+    if earlier is not None:
+        mergeable(earlier, {"model": args.model, "budget_minutes": args.budget, "marks_minutes": marks,
+                            "threads": args.threads, "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE,
+                            "train_utterances": len(train), "dev_utterances": len(dev),
+                            "test_utterances": len(test)}, seeds, args.merge_with)
 
     calibration = {side: calibrate(side, base, args.threads, work) for side in ("speechtl", "hf")}
     per_step = {side: round(c[0], 3) for side, c in calibration.items()}
@@ -387,7 +400,8 @@ def main() -> int:
     for res in runs:
         for i, snap in enumerate(res["snapshots"]):
             jobs.append({"path": snap["path"], "test": i == len(res["snapshots"]) - 1})
-    scored = run_child(__file__, {"side": "eval", "threads": args.threads, "model": args.model, "lora": lora, "dev": dev, "test": test,
+    scored = run_child(__file__, {"side": "eval", "threads": args.threads, "model": args.model, "lora": lora,
+                                  "dev": dev, "test": test,
                                   "jobs": jobs}, threads=args.threads)
     by_path = {row["path"]: row for row in scored["rows"]}
     zero = by_path[None]
@@ -397,6 +411,18 @@ def main() -> int:
             for s in res["snapshots"]]
         res["final_test"] = by_path[res["snapshots"][-1]["path"]]["test"]
         res["final_dev_wer"] = res["curve"][-1]["dev_wer"]
+
+    here = {"commit": facts["git"]["commit"], "dirty": facts["git"]["dirty"], "command": command_line(),
+            "calibration_seconds_per_step": per_step, "max_steps": max_steps,
+            "zero_shot": {"dev_wer": zero["dev"]["wer"], "test_wer": zero["test"]["wer"]},
+            "load_average_before": facts["load_average_before"]}
+    for res in runs:
+        res["measured_at"] = {"commit": here["commit"], "command": here["command"]}
+    sources = [here]
+    if earlier is not None:
+        sources = [*earlier_sources(earlier), here]
+        runs = [*earlier["runs"], *runs]
+        seeds = [*earlier["seeds"], *seeds]
 
     # Per seed: the HF recipe's best dev WER, when HF reached it, and when speechtl first did.
     per_seed = []
@@ -416,7 +442,8 @@ def main() -> int:
         "speechtl_reached_hf_best": sum(p["speechtl_seconds_to_hf_best"] is not None for p in per_seed),
         "final_test_wer": {side: spread([p["final_test_wer"][side] for p in per_seed]) for side in ("speechtl", "hf")},
         "final_dev_wer": {side: spread([p["final_dev_wer"][side] for p in per_seed]) for side in ("speechtl", "hf")},
-        "zero_shot": {"dev_wer": zero["dev"]["wer"], "test_wer": zero["test"]["wer"], "test_ci95": zero["test"]["ci95"]},
+        "zero_shot": {"dev_wer": zero["dev"]["wer"], "test_wer": zero["test"]["wer"],
+                      "test_ci95": zero["test"]["ci95"]},
     }
     total = model_parameters(args.model)
     trainable = next(r["trainable_parameters"] for r in runs if r["side"] == "speechtl")
@@ -436,7 +463,8 @@ def main() -> int:
         "budget_minutes": args.budget, "marks_minutes": marks, "seeds": seeds, "threads": args.threads,
         "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE, "calibration_seconds_per_step": per_step,
         "calibration_seconds_before_first_step": {side: round(c[1], 1) for side, c in calibration.items()},
-        "max_steps": max_steps, "summary": summary, "per_seed": per_seed, "runs": runs, "machine": facts,
+        "max_steps": max_steps, "summary": summary, "per_seed": per_seed, "runs": runs, "measured_by": sources,
+        "machine": facts,
         "notes": [
             "Dev speakers only score the snapshots along the way; test speakers score the final weights of each "
             "run and choose nothing.",
@@ -447,11 +475,44 @@ def main() -> int:
     }
     out.with_suffix(".md").write_text(_markdown(result))
     png = _plot(result, out.with_suffix(".png"))
-    result["plot"] = str(png.relative_to(RESULTS.parent.parent)) if png.is_relative_to(RESULTS.parent.parent) else str(png)
+    repo = RESULTS.parent.parent
+    result["plot"] = str(png.relative_to(repo)) if png.is_relative_to(repo) else str(png)
     ratio = summary["time_ratio_speechtl_over_hf"]
     finish(result, out, f"speechtl reached the HF recipe's best dev WER in {ratio} of its time; final test WER "
                         f"speechtl {summary['final_test_wer']['speechtl']} vs HF {summary['final_test_wer']['hf']}")
     return 0
+
+
+SAME_SETTINGS = ("model", "budget_minutes", "marks_minutes", "threads", "lora", "speechtl_keys", "hf_guide",
+                 "train_utterances", "dev_utterances", "test_utterances")
+
+
+def mergeable(earlier: dict[str, Any], now: dict[str, Any], seeds: list[int], path: str) -> None:
+    """Refuse ``--merge-with`` (before anything runs) when the earlier result measured other settings or seeds."""
+    if earlier.get("bench") != "adapt_quality":
+        raise SystemExit(f"--merge-with {path}: not a result of bench/adapt_quality.py")
+    differ = [k for k in SAME_SETTINGS if json.loads(json.dumps(now[k])) != earlier.get(k)]
+    if differ:
+        raise SystemExit(f"--merge-with {path}: measured with other {', '.join(differ)}; run with its settings "
+                         f"(its command: {earlier['command']}) or write a new result")
+    again = sorted(set(seeds) & set(earlier["seeds"]))
+    if again:
+        raise SystemExit(f"--merge-with {path}: already has seed(s) {again}; choose other --seeds")
+
+
+def earlier_sources(earlier: dict[str, Any]) -> list[dict[str, Any]]:
+    """Who measured the earlier result's runs: its ``measured_by`` list, or (a single run) its own command."""
+    if "measured_by" in earlier:
+        return earlier["measured_by"]
+    stamp = {"commit": earlier["machine"]["git"]["commit"], "command": earlier["command"]}
+    for res in earlier["runs"]:
+        res.setdefault("measured_at", stamp)
+    return [{**stamp, "dirty": earlier["machine"]["git"]["dirty"],
+             "calibration_seconds_per_step": earlier["calibration_seconds_per_step"],
+             "max_steps": earlier["max_steps"], "zero_shot": {k: earlier["summary"]["zero_shot"][k]
+                                                              for k in ("dev_wer", "test_wer")},
+             "load_average_before": earlier["machine"]["load_average_before"],
+             "load_average_after": earlier["machine"]["load_average_after"]}]
 
 
 def _pct(x: float | None) -> str:
@@ -476,11 +537,18 @@ def _markdown(r: dict[str, Any]) -> str:
                      f"{_pct(p['final_test_wer']['speechtl'])} | {_pct(p['final_test_wer']['hf'])} |")
     ratio, ft = s["time_ratio_speechtl_over_hf"], s["final_test_wer"]
     if ratio:
-        lines += ["", f"Median time ratio {ratio['median']} (range {ratio['min']}–{ratio['max']}, {ratio['n']} seeds); "
-                  f"final test WER speechtl {_pct(ft['speechtl']['median'])} ({_pct(ft['speechtl']['min'])}–"
+        lines += ["", f"Median time ratio {ratio['median']} (range {ratio['min']}–{ratio['max']}, "
+                  f"{ratio['n']} seeds); final test WER speechtl {_pct(ft['speechtl']['median'])} "
+                  f"({_pct(ft['speechtl']['min'])}–"
                   f"{_pct(ft['speechtl']['max'])}) vs HF {_pct(ft['hf']['median'])} ({_pct(ft['hf']['min'])}–"
                   f"{_pct(ft['hf']['max'])})."]
-    lines += ["", f"Reproduce: `{r['command']}`", ""]
+    sources = r.get("measured_by", [])
+    if len(sources) > 1:
+        lines += ["", "Reproduce (the seeds of each command, the later ones merged with `--merge-with`):"]
+        lines += [f"- `{m['command']}` (commit {m['commit'][:7]})" for m in sources]
+        lines.append("")
+    else:
+        lines += ["", f"Reproduce: `{r['command']}`", ""]
     return "\n".join(lines)
 
 
