@@ -16,7 +16,7 @@ Every run's adapter is scored on the same test speakers, who choose nothing (no 
 
 - ``default``: as ``speechtl-eval --adapter`` scores by default (``speechtl.evaluate``: temperature
   fallback, short clips where the adapter trained on them);
-- ``search``: as bench/adapt_search.py scored its settings (greedy, 30-s padding), for the
+- ``search``: as bench/adapt_search.py scored its settings (greedy with no thresholds, 30-s padding), for the
   all-speaker run and the base model only, to set the bare command beside the searched best setting
   of bench/results/adapt_search.json.
 
@@ -91,7 +91,7 @@ def run_eval(spec: dict[str, Any]) -> dict[str, Any]:
     from speechtl.evaluation import evaluate
 
     test = read_manifest(spec["test"])
-    greedy = DecodeOptions(temperatures=(0.0,))
+    greedy = DecodeOptions.plain()  # what the search's evaluator decodes with: temperature 0, no thresholds
     rows = []
     for job in spec["jobs"]:
         row: dict[str, Any] = {"adapter": job["adapter"]}
