@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones import create_backbone
-from .decoding import DecodeOptions, Hypothesis, decode_with_fallback, short_clips_mode
+from .decoding import DecodeOptions, Hypothesis, decode_with_fallback, short_clips_mode, too_repetitive
 from .engines import ENGINES, Ct2Whisper
 from .errors import SpeechtlError
 from .segments import (LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Planned, Segment, Transcript, join_texts, open_source,
@@ -102,7 +102,10 @@ def transcribe(
             default of ``speechtl-adapt``; an export records it too) encodes each batch at its longest
             segment, which is several times faster on short clips; the base model, soft mixtures and
             adapters trained at 30 s (or saved before the record) pad to 30 s, since the pretrained
-            model loops on unpadded clips. ``"on"`` (True) or ``"off"`` (False) decides for every route.
+            model loops on unpadded clips. A segment that ``"auto"`` decoded short and whose transcript
+            still loops after the fallback (compression ratio above
+            ``decode_options.compression_ratio_threshold``) is decoded again at 30 s, and that result is kept unless it
+            loops too. ``"on"`` (True) or ``"off"`` (False) decides for every route, with no retry.
         vad: voice-activity detection settings for cutting long recordings (:class:`~speechtl.vad.VadOptions`).
         engine: ``"torch"`` (default; adapters and routing) or ``"ct2"`` (CTranslate2 via faster-whisper).
         merge_adapter: fold ``adapter`` into the weights (one set of weights, no adapter layers to run):
@@ -192,8 +195,11 @@ def transcribe(
             route_ = routes[idx[0]] if routes else None
             cut = None if not seq2seq else forced if forced is not None else trained_short(runner, router, route_)
             with router.using(route_) if router is not None else nullcontext():
-                for j, h in zip(idx, _decode_batch(runner, [wave(j) for j in idx], opts, cut)):
-                    hyps[j], short[j] = h, cut
+                batch = [wave(j) for j in idx]
+                got = _decode_batch(runner, batch, opts, cut)
+                how = _retry_loops_padded(runner, batch, got, opts) if cut and forced is None else [cut] * len(idx)
+                for j, h, c in zip(idx, got, how):
+                    hyps[j], short[j] = h, c
             for j in idx:
                 held.pop(j, None)  # decoded: its audio is not needed again
 
@@ -297,6 +303,22 @@ def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, short: b
                              encoder_states=memory[sel])
 
     return decode_with_fallback(decode, len(waves), opts)
+
+
+def _retry_loops_padded(runner, waves: list[np.ndarray], hyps: list[Hypothesis], opts: DecodeOptions) -> list[bool]:
+    """Decode again at 30 s the segments whose short decoding still loops; per segment, whether it stayed short.
+
+    30 s is the padding Whisper was pretrained on, so a model trained on unpadded clips that loops on
+    one (an unfamiliar voice, say) gets the regime it knows. ``hyps`` is updated in place; a 30-s
+    result that loops too is dropped (the short one stays).
+    """
+    loops = [i for i, h in enumerate(hyps) if too_repetitive(h, opts)]
+    short = [True] * len(hyps)
+    if loops:
+        for i, h in zip(loops, _decode_batch(runner, [waves[i] for i in loops], opts, False)):
+            if not too_repetitive(h, opts):
+                hyps[i], short[i] = h, False
+    return short
 
 
 OUTPUT_FORMATS = ("tsv", "json", "srt", "vtt")

@@ -17,7 +17,7 @@ from speechtl import recipes
 from speechtl.adapters import load_adapter
 from speechtl.cli.transcribe import main as transcribe_main
 from speechtl.config import load_config
-from speechtl.decoding import DecodeOptions
+from speechtl.decoding import DecodeOptions, compression_ratio
 from speechtl.engines import Ct2Whisper
 from speechtl.errors import SpeechtlError
 from speechtl.exporting import export, verify_export
@@ -131,6 +131,28 @@ def test_auto_decodes_a_short_trained_adapter_unpadded(base_dir, adapters, waves
     model = load_adapter(speechtl.create_backbone(base_dir), adapters["short"])
     assert [t.text for t in texts] == _one_by_one(model, waves, short=True)
     assert [t.text for t in texts] != _one_by_one(model, waves, short=False)  # the mode changes the output
+
+
+def test_auto_decodes_a_clip_again_at_30s_when_its_short_transcript_loops(base_dir, adapters, waves, frames):
+    model = load_adapter(speechtl.create_backbone(base_dir), adapters["short"])
+    short, padded = _one_by_one(model, waves, short=True), _one_by_one(model, waves, short=False)
+    r_short, r_padded = [compression_ratio(t) for t in short], [compression_ratio(t) for t in padded]
+    # A threshold that one clip's short transcript exceeds (a "loop") and its 30-s transcript does not.
+    swap = next(i for i in range(len(waves)) if r_short[i] > r_padded[i])
+    threshold = (r_short[swap] + r_padded[swap]) / 2
+    opts = PLAIN.with_(compression_ratio_threshold=threshold)
+    frames.clear()
+    got = speechtl.transcribe(base_dir, waves, adapter=adapters["short"], decode_options=opts, return_segments=True)
+    looped = [r > threshold for r in r_short]
+    kept = [r_padded[i] <= threshold and looped[i] for i in range(len(waves))]  # 30 s wins unless it loops too
+    assert kept[swap] and not all(looped)
+    assert [t.text for t in got] == [p if k else s for s, p, k in zip(short, padded, kept)]
+    assert [t.short_clips for t in got] == [not k for k in kept]
+    assert frames[0] == 200 and frames[1:] == [FULL]  # the batch short, then only the loops at 30 s
+    # Forced short decoding and options without the threshold never retry.
+    on = speechtl.transcribe(base_dir, waves, adapter=adapters["short"], decode_options=opts, short_clips="on")
+    assert on == short
+    assert speechtl.transcribe(base_dir, waves, adapter=adapters["short"], decode_options=PLAIN) == short
 
 
 @pytest.mark.parametrize("which", ["padded", "older"])

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_routing_args(p)
     p.add_argument("--short-clips", choices=SHORT_CLIPS, default="auto",
                    help="Whisper: encode each batch at its longest clip instead of 30 s of padding; auto "
-                        "(default): where the adapter (or export) trained that way, never for the base model")
+                        "(default): where the adapter (or export) trained that way, never for the base model, and a "
+                        "clip whose short transcript loops is decoded again at 30 s")
     p.add_argument("--engine", default="torch", help="torch (default; adapters, routing) or ct2 (CTranslate2)")
     p.add_argument("--compute-type", default="default",
                    help="with --engine ct2: default (the folder's), int8, int8_float32, float16, float32")
