@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Less data: test WER of the bare ``speechtl-adapt --method lora`` on 5, 10, 20 and 40 train speakers.
 
-Run by hand on an idle machine (about 45 minutes on 2 cores with the defaults):
+Run by hand on an idle machine (about an hour on 2 cores with the defaults):
 
     .venv/bin/python bench/less_data.py [--model whisper-tiny.en] [--speakers 5,10,20,40] [--draws 3]
 
@@ -173,8 +173,8 @@ def main() -> int:
     jobs = [{"adapter": None, "modes": ["default", "search"]}] + [
         {"adapter": r["adapter"], "modes": ["default", "search"] if r["train_speakers"] == len(everyone) else
          ["default"]} for r in runs]
-    scored = run_child(__file__, {"side": "eval", "threads": args.threads, "model": args.model, "test": str(test_manifest),
-                                  "jobs": jobs}, threads=args.threads)["rows"]
+    scored = run_child(__file__, {"side": "eval", "threads": args.threads, "model": args.model,
+                                  "test": str(test_manifest), "jobs": jobs}, threads=args.threads)["rows"]
     zero = scored[0]
     for res, row in zip(runs, scored[1:]):
         res["test"] = {m: row[m] for m in ("default", "search") if m in row}
@@ -240,7 +240,7 @@ def _markdown(r: dict[str, Any]) -> str:
     for c in r["by_train_speakers"]:
         w = c["test_wer"]
         lines.append(f"| {c['train_speakers']} | {_pct(w['median'])} ({_pct(w['min'])}–{_pct(w['max'])}, "
-                     f"{w['n']} draws) | {_pct(c['relative_cut']['median'])} |")
+                     f"{w['n']} draw{'s' if w['n'] > 1 else ''}) | {_pct(c['relative_cut']['median'])} |")
     b = r["bare_command"]
     if b:
         lines += ["", f"Bare command on every train speaker, scored as the search scored (greedy, 30-s padding): "
