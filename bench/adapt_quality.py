@@ -452,7 +452,7 @@ def main() -> int:
         [1 - p["final_test_wer"]["speechtl"] / zero["test"]["wer"] for p in per_seed])
     for res in runs:
         for snap in res["snapshots"]:
-            snap.pop("path")
+            snap.pop("path", None)  # merged runs from an earlier result have none
     suffix = "" if args.model == "whisper-tiny.en" else "_" + args.model.replace("whisper-", "").replace(".", "")
     out = Path(args.out) if args.out else RESULTS / f"adapt_quality{suffix}.json"
     result = {
