@@ -376,10 +376,12 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     earlier = json.loads(Path(args.merge_with).read_text()) if args.merge_with else None
     if earlier is not None:
-        mergeable(earlier, {"model": args.model, "budget_minutes": args.budget, "marks_minutes": marks,
+        mergeable(earlier, {"model": args.model, "data": data, "budget_minutes": args.budget, "marks_minutes": marks,
                             "threads": args.threads, "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE,
-                            "train_utterances": len(train), "dev_utterances": len(dev),
-                            "test_utterances": len(test)}, seeds, args.merge_with)
+                            "train_utterances": len(train), "train_speakers": len({r["speaker"] for r in train}),
+                            "dev_utterances": len(dev), "dev_speakers": len({r["speaker"] for r in dev}),
+                            "test_utterances": len(test), "test_speakers": len({r["speaker"] for r in test})},
+                   seeds, args.merge_with)
 
     calibration = {side: calibrate(side, base, args.threads, work) for side in ("speechtl", "hf")}
     per_step = {side: round(c[0], 3) for side, c in calibration.items()}
@@ -423,6 +425,8 @@ def main() -> int:
         sources = [*earlier_sources(earlier), here]
         runs = [*earlier["runs"], *runs]
         seeds = [*earlier["seeds"], *seeds]
+        if any(s["zero_shot"] != here["zero_shot"] for s in sources):  # the same evaluator must have scored all
+            print("warning: the zero-shot WERs differ between the merged commands (see measured_by)", file=sys.stderr)
 
     # Per seed: the HF recipe's best dev WER, when HF reached it, and when speechtl first did.
     per_seed = []
@@ -444,6 +448,7 @@ def main() -> int:
         "final_dev_wer": {side: spread([p["final_dev_wer"][side] for p in per_seed]) for side in ("speechtl", "hf")},
         "zero_shot": {"dev_wer": zero["dev"]["wer"], "test_wer": zero["test"]["wer"],
                       "test_ci95": zero["test"]["ci95"]},
+        "zero_shot_same_for_every_command": all(s["zero_shot"] == here["zero_shot"] for s in sources),
     }
     total = model_parameters(args.model)
     trainable = next(r["trainable_parameters"] for r in runs if r["side"] == "speechtl")
@@ -471,6 +476,8 @@ def main() -> int:
             "One evaluator scores both sides: speechtl's greedy decoder with 30-s padding (as inference pads), "
             "WER with the Whisper normaliser; HF snapshots are loaded into a speechtl model with the same LoRA.",
             "A side's time to a WER is the first snapshot time at or below it, so it is an upper bound.",
+            *(["Merged seeds: command, machine, calibration and max_steps at the top level are the latest "
+               "command's; measured_by holds each command's, and each run its measured_at."] if earlier else []),
         ],
     }
     out.with_suffix(".md").write_text(_markdown(result))
@@ -483,8 +490,9 @@ def main() -> int:
     return 0
 
 
-SAME_SETTINGS = ("model", "budget_minutes", "marks_minutes", "threads", "lora", "speechtl_keys", "hf_guide",
-                 "train_utterances", "dev_utterances", "test_utterances")
+SAME_SETTINGS = ("model", "data", "budget_minutes", "marks_minutes", "threads", "lora", "speechtl_keys", "hf_guide",
+                 "train_utterances", "train_speakers", "dev_utterances", "dev_speakers", "test_utterances",
+                 "test_speakers")
 
 
 def mergeable(earlier: dict[str, Any], now: dict[str, Any], seeds: list[int], path: str) -> None:
@@ -503,7 +511,9 @@ def mergeable(earlier: dict[str, Any], now: dict[str, Any], seeds: list[int], pa
 def earlier_sources(earlier: dict[str, Any]) -> list[dict[str, Any]]:
     """Who measured the earlier result's runs: its ``measured_by`` list, or (a single run) its own command."""
     if "measured_by" in earlier:
-        return earlier["measured_by"]
+        sources = [dict(s) for s in earlier["measured_by"]]
+        sources[-1].setdefault("load_average_after", earlier["machine"]["load_average_after"])
+        return sources
     stamp = {"commit": earlier["machine"]["git"]["commit"], "command": earlier["command"]}
     for res in earlier["runs"]:
         res.setdefault("measured_at", stamp)

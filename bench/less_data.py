@@ -15,7 +15,7 @@ interleave (draw 0 over every n, then draw 1, ...).
 Every run's adapter is scored on the same test speakers, who choose nothing (no run has a dev set):
 
 - ``default``: as ``speechtl-eval --adapter`` scores by default (``speechtl.evaluate``: temperature
-  fallback, short clips where the adapter trained on them);
+  fallback, short clips where the adapter trained on them, a looping short clip again at 30 s);
 - ``search``: as bench/adapt_search.py scored its settings (greedy with no thresholds, 30-s padding), for the
   all-speaker run and the base model only, to set the bare command beside the searched best setting
   of bench/results/adapt_search.json.
@@ -123,7 +123,7 @@ def searched_best() -> dict[str, Any] | None:
     return {"file": str(SEARCH.relative_to(REPO)), "setting": best["setting"], "keys": best["keys"],
             "budget_minutes": search["budget_minutes"], "steps": best["steps"], "test_wer": best.get("test_wer"),
             "test_ci95": best.get("test_ci95"), "commit": search["machine"]["git"]["commit"],
-            "model": search["model"]}
+            "model": search["model"], "data": search["data"], "zero_shot_test_wer": search["zero_shot"]["test_wer"]}
 
 
 def main() -> int:
@@ -192,7 +192,10 @@ def main() -> int:
     bare = None if full is None else {
         "command": full["command"], "test_wer": full["test"]["search"]["wer"],
         "test_ci95": full["test"]["search"]["ci95"], "steps": full["steps"], "searched_best": best}
-    if bare and best and best["test_wer"] is not None and best["model"] == args.model and not args.limit:
+    same = best is not None and best["model"] == args.model and best["data"] == data and not args.limit
+    if bare and same and best["test_wer"] is not None:
+        # The same evaluator on the same clips: the base model scores the same on both.
+        bare["same_zero_shot_as_search"] = zero["search"]["wer"] == best["zero_shot_test_wer"]
         bare["points_above_searched_best"] = round(100 * (bare["test_wer"] - best["test_wer"]), 2)
         bare["within_1_point"] = bare["points_above_searched_best"] <= 1.0
 

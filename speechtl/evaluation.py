@@ -234,8 +234,9 @@ def evaluate(
         decode_options: Whisper's decoding and fallback settings (:class:`speechtl.decoding.DecodeOptions`);
             by default OpenAI's temperature fallback with ``beam_size``. Recorded in the report.
         short_clips: Whisper: ``auto`` (default) decodes each route the way its model trained (an
-            adapter trained on unpadded clips decodes them unpadded; the base model at 30 s), ``on``
-            or ``off`` for every route (see :func:`speechtl.transcribe`). Recorded in the report.
+            adapter trained on unpadded clips decodes them unpadded, and a clip whose short transcript
+            loops again at 30 s; the base model at 30 s), ``on`` or ``off`` for every route (see
+            :func:`speechtl.transcribe`). Recorded in the report.
     """
     short_clips_mode(short_clips)  # a bad value fails before any audio is read
     manifest_name, utts = _read_utterances(manifest, splits)

@@ -215,8 +215,9 @@ def transcribe(
                                                h.temperature if seq2seq else None, speech))
         if routes and transcripts[k].route is None:  # a long input: the route of its segments (one per input)
             transcripts[k].route = routes[j]
-        if transcripts[k].short_clips is None:
-            transcripts[k].short_clips = short[j]
+        if short[j] is not None:  # short only if every segment was (a retry keeps one at 30 s)
+            was = transcripts[k].short_clips
+            transcripts[k].short_clips = short[j] if was is None else was and short[j]
     for t in transcripts:
         t.text = join_texts(t.segments)
     if return_segments:
@@ -312,7 +313,7 @@ def _retry_loops_padded(runner, waves: list[np.ndarray], hyps: list[Hypothesis],
     one (an unfamiliar voice, say) gets the regime it knows. ``hyps`` is updated in place; a 30-s
     result that loops too is dropped (the short one stays).
     """
-    loops = [i for i, h in enumerate(hyps) if too_repetitive(h, opts)]
+    loops = [i for i, h in enumerate(hyps) if h.text and too_repetitive(h, opts)]  # silence was blanked: no retry
     short = [True] * len(hyps)
     if loops:
         for i, h in zip(loops, _decode_batch(runner, [waves[i] for i in loops], opts, False)):

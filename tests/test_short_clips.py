@@ -17,7 +17,7 @@ from speechtl import recipes
 from speechtl.adapters import load_adapter
 from speechtl.cli.transcribe import main as transcribe_main
 from speechtl.config import load_config
-from speechtl.decoding import DecodeOptions, compression_ratio
+from speechtl.decoding import DecodeOptions, Hypothesis, compression_ratio
 from speechtl.engines import Ct2Whisper
 from speechtl.errors import SpeechtlError
 from speechtl.exporting import export, verify_export
@@ -153,6 +153,33 @@ def test_auto_decodes_a_clip_again_at_30s_when_its_short_transcript_loops(base_d
     on = speechtl.transcribe(base_dir, waves, adapter=adapters["short"], decode_options=opts, short_clips="on")
     assert on == short
     assert speechtl.transcribe(base_dir, waves, adapter=adapters["short"], decode_options=PLAIN) == short
+
+
+def test_the_30s_retry_keeps_the_padded_result_only_where_it_does_not_loop(monkeypatch):
+    from speechtl import transcription
+
+    loop, fine = "la la la la la la la la la la la la la la la la", "a plain short sentence"
+    opts = PLAIN.with_(compression_ratio_threshold=2.4)
+    assert compression_ratio(loop) > 2.4 > compression_ratio(fine)
+    at_30s = {0: fine, 1: loop, 2: fine, 3: fine}  # what each clip decodes to at 30 s
+    calls = []
+
+    def decode_batch(runner, waves, opts_, short):
+        calls.append(([int(w[0]) for w in waves], short))
+        return [Hypothesis(at_30s[int(w[0])]) for w in waves]
+
+    monkeypatch.setattr(transcription, "_decode_batch", decode_batch)
+    waves = [np.full(4, i, dtype=np.float32) for i in range(4)]
+    silence = Hypothesis(loop)
+    silence.text = ""  # blanked as silence by the fallback: its compression ratio is the looping text's
+    hyps = [Hypothesis(loop), Hypothesis(loop), silence, Hypothesis(fine)]
+    short = transcription._retry_loops_padded(None, waves, hyps, opts)
+    assert calls == [([0, 1], False)]  # only the loops, at 30 s; silence and clean clips are not decoded again
+    assert short == [False, True, True, True]  # clip 1 loops at 30 s too: its short result stays
+    assert [h.text for h in hyps] == [fine, loop, "", fine]
+    calls.clear()
+    assert transcription._retry_loops_padded(None, waves, [Hypothesis(loop) for _ in waves], PLAIN) == [True] * 4
+    assert calls == []  # no threshold, no retry
 
 
 @pytest.mark.parametrize("which", ["padded", "older"])

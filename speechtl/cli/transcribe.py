@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-clips", choices=SHORT_CLIPS, default="auto",
                    help="Whisper: encode each batch at its longest clip instead of 30 s of padding; auto "
                         "(default): where the adapter (or export) trained that way, never for the base model, and a "
-                        "clip whose short transcript loops is decoded again at 30 s")
+                        "clip whose short transcript loops (--compression-ratio-threshold) is decoded again at 30 s; "
+                        "on: short with no retry")
     p.add_argument("--engine", default="torch", help="torch (default; adapters, routing) or ct2 (CTranslate2)")
     p.add_argument("--compute-type", default="default",
                    help="with --engine ct2: default (the folder's), int8, int8_float32, float16, float32")
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean token log-probability below which a segment failed")
     p.add_argument("--no-speech-threshold", type=float, default=d.no_speech_threshold,
                    help="no-speech probability above which a failed segment is silence")
-    p.add_argument("--no-fallback", action="store_true", help="decode once at temperature 0")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="decode once at temperature 0 (a short-decoded clip that loops is still decoded again at "
+                        "30 s; see --short-clips)")
     p.add_argument("--no-progress", action="store_true")
     add_common_args(p)
     return p
