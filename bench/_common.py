@@ -142,13 +142,18 @@ def utterance_records(utts: list) -> list[dict[str, Any]]:
 # -- child processes ----------------------------------------------------------------------------
 
 
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of a measured child process: ``threads`` threads, offline, quiet."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
 def run_child(script: str, spec: dict[str, Any], *, threads: int, timeout: float | None = None) -> dict[str, Any]:
     """Run ``script --child SPEC.json`` in a fresh interpreter; return its RESULT dict (+ wall seconds)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
         spec_path = f.name
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env = child_env(threads)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--child", spec_path], env=env,
@@ -184,6 +189,18 @@ def finish(result: dict[str, Any], path: Path, summary: str) -> None:
     result["machine"]["load_average_after"] = load_average()
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     print(f"{summary}; wrote {path}")
+
+
+def save_plot(fig, ax, path: Path) -> Path:
+    """Grid, legend and layout of a benchmark's figure, written to ``path`` (PNG) and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def command_line() -> str:

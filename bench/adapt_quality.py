@@ -43,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, benchmark_corpus, child_main, command_line, finish, load_average,  # noqa: E402
-                     machine_facts, peak_rss_mb, recipe_run, run_child)
+                     machine_facts, peak_rss_mb, recipe_run, run_child, save_plot)
 
 # The PEFT guide's Seq2SeqTrainingArguments (int8 Whisper LoRA example): lr 1e-3, warmup 50, batch 8.
 HF_GUIDE = {"learning_rate": 1e-3, "warmup_steps": 50, "lr_scheduler_type": "linear", "batch": 8,
@@ -578,12 +578,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("wall-clock minutes of training (2 cores)" if result["threads"] == 2 else "wall-clock minutes")
     ax.set_ylabel("dev WER (%)")
     ax.set_title(f"{result['model']} on speechocean762 dev speakers, {len(result['seeds'])} seeds")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_plot(fig, ax, path)
 
 
 if __name__ == "__main__":

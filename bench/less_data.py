@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -38,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (REPO, RESULTS, benchmark_corpus, child_main, command_line, finish, load_average,  # noqa: E402
-                     machine_facts, run_child)
+from _common import (REPO, RESULTS, benchmark_corpus, child_env, child_main, command_line, finish,  # noqa: E402
+                     load_average, machine_facts, run_child, save_plot)
 
 SEARCH = RESULTS / "adapt_search.json"
 
@@ -55,10 +54,8 @@ def adapt(model: str, train: Path, out: Path, threads: int) -> dict[str, Any]:
     """The bare ``speechtl-adapt`` command in a fresh interpreter on ``threads`` threads; its wall time and result."""
     cmd = [sys.executable, str(REPO / "bin" / "speechtl-adapt"), "--model", model, "--train", str(train),
            "--method", "lora", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
@@ -277,12 +274,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("train speakers")
     ax.set_ylabel("test WER (%), 95 % speaker-bootstrap CI")
     ax.set_title(f"{result['model']} on speechocean762 test speakers")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_plot(fig, ax, path)
 
 
 if __name__ == "__main__":
