@@ -8,6 +8,7 @@ hysteresis of Silero's ``get_speech_timestamps`` (as faster-whisper runs it).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,15 +44,42 @@ class VadOptions:
     max_speech_s: float = 30.0
 
 
+SILERO_V6_SHA256 = "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2"  # faster-whisper 1.2.1's copy
+_CHECKED: set[tuple[str, int, int]] = set()
+
+
 def model_path() -> Path:
-    try:
-        from faster_whisper.utils import get_assets_path
-    except ImportError:
-        raise SpeechtlError("voice-activity detection needs faster-whisper (its wheel ships the Silero VAD model): "
-                            "pip install faster-whisper==1.2.1") from None
-    path = Path(get_assets_path()) / "silero_vad_v6.onnx"
-    if not path.is_file():
-        raise SpeechtlError(f"{path}: the Silero VAD model is missing; reinstall faster-whisper==1.2.1")
+    """The Silero VAD v6 ONNX file, its sha256 checked once per process.
+
+    ``$SPEECHTL_VAD_MODEL`` names a copy of the file (for machines without faster-whisper);
+    otherwise it is the one inside the installed faster-whisper wheel.
+    """
+    override = os.environ.get("SPEECHTL_VAD_MODEL")
+    if override:
+        path, where = Path(override).expanduser(), "SPEECHTL_VAD_MODEL"
+        if not path.is_file():
+            raise SpeechtlError(f"SPEECHTL_VAD_MODEL={override}: no such file; point it at silero_vad_v6.onnx "
+                                "(faster-whisper==1.2.1 ships it in faster_whisper/assets/) or unset it")
+    else:
+        try:
+            from faster_whisper.utils import get_assets_path
+        except ImportError:
+            raise SpeechtlError("voice-activity detection needs faster-whisper (its wheel ships the Silero VAD "
+                                "model): pip install faster-whisper==1.2.1, or set SPEECHTL_VAD_MODEL to a copy "
+                                "of silero_vad_v6.onnx") from None
+        path, where = Path(get_assets_path()) / "silero_vad_v6.onnx", "faster-whisper"
+        if not path.is_file():
+            raise SpeechtlError(f"{path}: the Silero VAD model is missing; reinstall faster-whisper==1.2.1")
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != SILERO_V6_SHA256:
+            raise SpeechtlError(f"{path} (from {where}) is not the Silero VAD v6 model speechtl expects "
+                                f"(sha256 {digest[:12]}…, expected {SILERO_V6_SHA256[:12]}…): the file is damaged "
+                                "or another version; reinstall faster-whisper==1.2.1 or point SPEECHTL_VAD_MODEL "
+                                "at its copy")
+        _CHECKED.add(key)
     return path
 
 

@@ -76,6 +76,24 @@ def test_speech_spans_match_faster_whisper_and_cover_each_sentence(spoken):
     assert speech_spans(*speech_probabilities([np.zeros(5 * RATE, np.float32)])) == []
 
 
+def test_speechtl_vad_model_names_a_verified_copy(monkeypatch, tmp_path):
+    from speechtl import vad
+    from speechtl.errors import SpeechtlError
+
+    copy = tmp_path / "silero_vad_v6.onnx"
+    shutil.copyfile(vad.model_path(), copy)
+    monkeypatch.setenv("SPEECHTL_VAD_MODEL", str(copy))
+    assert vad.model_path() == copy
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(SpeechtlError, match="not the Silero VAD v6 model"):
+        vad.model_path()
+    monkeypatch.setenv("SPEECHTL_VAD_MODEL", str(tmp_path / "missing.onnx"))
+    with pytest.raises(SpeechtlError, match="SPEECHTL_VAD_MODEL=.*no such file"):
+        vad.model_path()
+
+
 def test_a_long_recording_is_cut_at_silences_into_segments_of_at_most_30_s(spoken, tmp_path):
     audio, truth = recording(spoken, [1.0, 2.0, 4.0, 1.5], repeat=4)  # about 75 s
     assert len(audio) > 60 * RATE
