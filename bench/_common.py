@@ -38,7 +38,13 @@ def git_state() -> dict[str, Any]:
 
     # Results that earlier benchmarks wrote (bench/results/) do not change the code being measured.
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(status)}
+    commit = git("rev-parse", "HEAD")
+    if not commit and os.environ.get("SPEECHTL_BENCH_COMMIT"):
+        # A copy of the working tree without .git (a remote GPU machine): the launcher read the commit
+        # and the dirty flag in the checkout it copied, and says so here.
+        return {"commit": os.environ["SPEECHTL_BENCH_COMMIT"], "dirty": os.environ.get("SPEECHTL_BENCH_DIRTY") != "0",
+                "commit_source": "SPEECHTL_BENCH_COMMIT (the checkout had no .git)"}
+    return {"commit": commit or None, "dirty": bool(status)}
 
 
 def machine_facts() -> dict[str, Any]:
@@ -204,7 +210,9 @@ def save_plot(fig, ax, path: Path) -> Path:
 
 
 def command_line() -> str:
-    return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    exe = Path(sys.executable)
+    python = os.path.relpath(exe, REPO) if exe.is_relative_to(REPO) else exe.name
+    return " ".join([python, os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
 
 
 def recipe_run(model: str, train: list[dict[str, Any]], keys: list[str], work: str | Path, *, method: str = "lora",
