@@ -15,13 +15,18 @@ Models (whisper-tiny.en): ``base`` zero-shot; ``adapted``, the LoRA adapter of
 ``bench/inference_rtf.py`` (speechtl-adapt on the 40 speechocean762 train speakers, trained without
 timestamp tokens, reused from ``--work``); ``adapted_ts``, the same keys plus
 ``timestamp_share=0.5`` (half the training clips carry Whisper timestamp tokens around their
-transcript; trained here once and reused). Each is exported to CTranslate2 float32.
+transcript; trained here once and reused). Each is exported to CTranslate2 float32 and to
+transformers (the adapter merged).
 
 Sides, on every model:
 
 - ``faster_whisper``: ``WhisperModel.transcribe`` with timestamps (its default), greedy,
   ``condition_on_previous_text=False``, no VAD filter: the segments come from the model's own
   timestamp tokens, which is what adaptation can lose;
+- ``pipeline``: what a transformers user runs instead: ``transformers.pipeline("automatic-speech-recognition")``
+  on the model's transformers export (float32), ``chunk_length_s=30``, ``batch_size=8``,
+  ``return_timestamps=True``, greedy; its chunks' times come from the same timestamp tokens (an
+  open last chunk ends at the recording's end);
 - ``speechtl``: ``speechtl.transcribe(engine="ct2", return_segments=True)``: its segments are cut at
   silences by voice-activity detection, so their times do not depend on the model.
 
@@ -91,7 +96,26 @@ def boundary_errors(spans: list[tuple[float, float]], segments: list[tuple[float
     return ([float(np.abs(starts - a).min()) for a, _ in spans], [float(np.abs(ends - b).min()) for _, b in spans])
 
 
-def measure(name: str, folder: str, files: list[dict], clips: list[dict], threads: int) -> dict[str, dict]:
+def pipeline_segments(folder: str, files: list[dict]) -> tuple[list[list[tuple[float, float]]], list[str]]:
+    """Chunk times and texts of the transformers pipeline with ``return_timestamps=True`` on each recording."""
+    from transformers import pipeline
+
+    from speechtl.audio import load_audio
+
+    pipe = pipeline("automatic-speech-recognition", model=folder, device="cpu")
+    segs, texts = [], []
+    for f in files:
+        got = pipe({"raw": load_audio(f["audio"], RATE, max_seconds=None), "sampling_rate": RATE}, chunk_length_s=30,
+                   batch_size=8, return_timestamps=True, generate_kwargs={"num_beams": 1, "max_new_tokens": 128})
+        chunks = [c for c in got["chunks"] if c["text"].strip()]
+        segs.append([(c["timestamp"][0], f["duration"] if c["timestamp"][1] is None else c["timestamp"][1])
+                     for c in chunks])
+        texts.append(got["text"].strip())
+    return segs, texts
+
+
+def measure(name: str, folder: str, tf_folder: str, files: list[dict], clips: list[dict],
+            threads: int) -> dict[str, dict]:
     from faster_whisper import WhisperModel
 
     from speechtl import transcribe
@@ -109,6 +133,8 @@ def measure(name: str, folder: str, files: list[dict], clips: list[dict], thread
         segs.append([(s.start, s.end) for s in got])
         texts.append(" ".join(s.text.strip() for s in got))
     out["faster_whisper"] = _score(files, segs, wer(refs, texts, "whisper"))
+    segs, texts = pipeline_segments(tf_folder, files)
+    out["pipeline"] = _score(files, segs, wer(refs, texts, "whisper"))
     runner = Ct2Whisper(folder, compute_type="float32", threads=threads)
     got = transcribe(runner, [f["audio"] for f in files], engine="ct2", return_segments=True, progress=False)
     segs = [[(s.start, s.end) for s in t.segments if s.text] for t in got]
@@ -167,20 +193,23 @@ def main() -> int:
         "config": {"recordings": len(files), "clips": len(clips), "clips_per_recording": PER_FILE,
                    "audio_seconds": round(sum(f["duration"] for f in files), 1), "trim_db": TRIM_DB,
                    "gaps_s": [0.5, 3.0], "threads": args.threads, "export": "CTranslate2 float32",
-                   "decoding": "greedy, condition_on_previous_text=False, no VAD filter (faster_whisper)"},
+                   "decoding": "greedy, condition_on_previous_text=False, no VAD filter (faster_whisper); "
+                               "chunk_length_s=30, batch_size=8, return_timestamps=True (pipeline)"},
         "models": {},
     }
     for name in models:
-        folder = work / f"{name}-ct2_float32"
-        if not (folder / "checksums.json").is_file():
-            export(MODEL, folder, adapter=adapters[name], format="ct2",
-                   quantization="float32", overwrite=True)
-        result["models"][name] = measure(name, str(folder), files, clips, args.threads)
+        folders = {}
+        for fmt, q in (("ct2", "float32"), ("transformers", None)):
+            folders[fmt] = work / f"{name}-{fmt}_float32"
+            if not (folders[fmt] / "checksums.json").is_file():
+                export(MODEL, folders[fmt], adapter=adapters[name], format=fmt, quantization=q, overwrite=True)
+        result["models"][name] = measure(name, str(folders["ct2"]), str(folders["transformers"]), files, clips,
+                                         args.threads)
     m = result["models"]
     result["targets"] = {
-        f"{name}_minus_base_boundary_error_s": round(m[name]["faster_whisper"]["boundary_error_median_s"]
-                                                      - m["base"]["faster_whisper"]["boundary_error_median_s"], 3)
-        for name in m if name != "base" and "base" in m}
+        f"{name}_minus_base_boundary_error_s{'' if side == 'faster_whisper' else '_' + side}": round(
+            m[name][side]["boundary_error_median_s"] - m["base"][side]["boundary_error_median_s"], 3)
+        for side in ("faster_whisper", "pipeline") for name in m if name != "base" and "base" in m}
     result["targets"].update({f"{k}_within_0.2_s": v <= 0.2 for k, v in list(result["targets"].items())})
     finish(result, Path(args.out), "; ".join(f"{k}: {v}" for k, v in result["targets"].items()))
     return 0
