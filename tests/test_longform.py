@@ -86,7 +86,9 @@ def test_speechtl_vad_model_names_a_verified_copy(monkeypatch, tmp_path):
     assert vad.model_path() == copy
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    copy.write_bytes(bytes(data))
+    damaged = tmp_path / "damaged.onnx"  # a new path: the once-per-process check cannot have seen it
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setenv("SPEECHTL_VAD_MODEL", str(damaged))
     with pytest.raises(SpeechtlError, match="not the Silero VAD v6 model"):
         vad.model_path()
     monkeypatch.setenv("SPEECHTL_VAD_MODEL", str(tmp_path / "missing.onnx"))

@@ -187,7 +187,7 @@ def test_a_long_input_is_short_only_if_every_segment_stayed_short(base_dir, adap
     from speechtl.segments import Planned
 
     rate, loop, fine = 16000, "la la la la la la la la la la la la la la la la", "a plain short sentence"
-    # Input 0: three segments, the first (22 s) loops when decoded short; input 1: two clean segments;
+    # Input 0: three segments, the middle one (18 s) loops when decoded short; input 1: two clean segments;
     # input 2: a clip. Segments are told apart by their lengths.
     layout = {70: [(0, 22), (25, 43), (50, 60)], 40: [(0, 12), (20, 28)]}
 
@@ -201,17 +201,17 @@ def test_a_long_input_is_short_only_if_every_segment_stayed_short(base_dir, adap
 
     def decode_batch(runner, waves, opts, short):
         calls.append(([round(len(w) / rate, 1) for w in waves], short))
-        return [Hypothesis(loop if short and len(w) == 22 * rate else fine) for w in waves]
+        return [Hypothesis(loop if short and len(w) == 18 * rate else fine) for w in waves]
 
     monkeypatch.setattr(transcription, "plan_segments", plan_segments)
     monkeypatch.setattr(transcription, "_decode_batch", decode_batch)
     inputs = [np.zeros(70 * rate, np.float32), np.zeros(40 * rate, np.float32), np.zeros(rate // 2, np.float32)]
-    got = speechtl.transcribe(base_dir, inputs, adapter=adapters["short"], return_segments=True,
+    got = speechtl.transcribe(base_dir, inputs, adapter=adapters["short"], return_segments=True, batch_size=8,
                               decode_options=PLAIN.with_(compression_ratio_threshold=2.4))
-    assert calls == [([22, 18, 12, 10, 8, 0.5], True), ([22], False)]  # one short batch, then the loop at 30 s
+    assert calls == [([22, 18, 12, 10, 8, 0.5], True), ([18], False)]  # one short batch, then the loop at 30 s
     assert [len(t.segments) for t in got] == [3, 2, 1]
     assert [s.text for s in got[0].segments] == [fine] * 3  # the 30-s result replaced the loop
-    # The first segment of input 0 ran at 30 s, so that input is not short, though its last segments were.
+    # The middle segment of input 0 ran at 30 s, so that input is not short, though its first and last were.
     assert [t.short_clips for t in got] == [False, True, True]
 
 
