@@ -44,7 +44,7 @@ def git_state() -> dict[str, Any]:
         # and the dirty flag in the checkout it copied, and says so here.
         return {"commit": os.environ["SPEECHTL_BENCH_COMMIT"], "dirty": os.environ.get("SPEECHTL_BENCH_DIRTY") != "0",
                 "commit_source": "SPEECHTL_BENCH_COMMIT (the checkout had no .git)"}
-    return {"commit": commit or None, "dirty": bool(status)}
+    return {"commit": commit or None, "dirty": bool(status) if commit else None}
 
 
 def machine_facts() -> dict[str, Any]:

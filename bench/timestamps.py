@@ -25,8 +25,8 @@ Sides, on every model:
   timestamp tokens, which is what adaptation can lose;
 - ``pipeline``: what a transformers user runs instead: ``transformers.pipeline("automatic-speech-recognition")``
   on the model's transformers export (float32), ``chunk_length_s=30``, ``batch_size=8``,
-  ``return_timestamps=True``, greedy; its chunks' times come from the same timestamp tokens (an
-  open last chunk ends at the recording's end);
+  ``return_timestamps=True``, greedy, up to 440 new tokens a window; its chunks' times come from
+  the same timestamp tokens (an open last chunk ends at the recording's end);
 - ``speechtl``: ``speechtl.transcribe(engine="ct2", return_segments=True)``: its segments are cut at
   silences by voice-activity detection, so their times do not depend on the model.
 
@@ -58,6 +58,7 @@ PER_FILE = 12
 TS_KEYS = [*LORA_KEYS, "timestamp_share=0.5"]
 MODELS = ("base", "adapted", "adapted_ts")
 TRIM_DB = 35
+MAX_NEW_TOKENS = 440  # per 30-s window: room for a full window's text and timestamps (448 positions, as faster-whisper)
 
 
 def recordings(clips: list[dict], work: Path, seed: int = 0) -> list[dict]:
@@ -106,10 +107,17 @@ def pipeline_segments(folder: str, files: list[dict]) -> tuple[list[list[tuple[f
     segs, texts = [], []
     for f in files:
         got = pipe({"raw": load_audio(f["audio"], RATE, max_seconds=None), "sampling_rate": RATE}, chunk_length_s=30,
-                   batch_size=8, return_timestamps=True, generate_kwargs={"num_beams": 1, "max_new_tokens": 128})
-        chunks = [c for c in got["chunks"] if c["text"].strip()]
-        segs.append([(c["timestamp"][0], f["duration"] if c["timestamp"][1] is None else c["timestamp"][1])
-                     for c in chunks])
+                   batch_size=8, return_timestamps=True,
+                   generate_kwargs={"num_beams": 1, "max_new_tokens": MAX_NEW_TOKENS})
+        times, last = [], 0.0
+        for c in got["chunks"]:
+            start, end = c["timestamp"]
+            start = last if start is None else start  # a start lost in a chunk's stride: where the last one ended
+            end = f["duration"] if end is None else end  # an open last chunk: the recording's end
+            if c["text"].strip():
+                times.append((start, end))
+            last = end
+        segs.append(times)
         texts.append(got["text"].strip())
     return segs, texts
 
@@ -192,9 +200,11 @@ def main() -> int:
                      "adapted_ts": {"keys": TS_KEYS, "path": str(adapters["adapted_ts"])}},
         "config": {"recordings": len(files), "clips": len(clips), "clips_per_recording": PER_FILE,
                    "audio_seconds": round(sum(f["duration"] for f in files), 1), "trim_db": TRIM_DB,
-                   "gaps_s": [0.5, 3.0], "threads": args.threads, "export": "CTranslate2 float32",
+                   "gaps_s": [0.5, 3.0], "threads": args.threads,
+                   "export": "CTranslate2 float32 (faster_whisper, speechtl); transformers (pipeline)",
                    "decoding": "greedy, condition_on_previous_text=False, no VAD filter (faster_whisper); "
-                               "chunk_length_s=30, batch_size=8, return_timestamps=True (pipeline)"},
+                               f"chunk_length_s=30, batch_size=8, return_timestamps=True, "
+                               f"max_new_tokens={MAX_NEW_TOKENS} (pipeline)"},
         "models": {},
     }
     for name in models:
