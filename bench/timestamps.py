@@ -34,7 +34,8 @@ Metric: for every clip, the distance from its true start to the nearest segment 
 true end to the nearest segment end; the median over all of them (seconds) is the boundary error.
 Also the number of segments and the WER of the joined text (Whisper normaliser), and on the clips
 one by one the WER of timestamp-free decoding (``speechtl.transcribe``, engine ct2), so both modes
-are scored after adaptation. Greedy decoding on float32 is deterministic: one pass, no repeats.
+are scored after adaptation. One pass: faster-whisper's default temperature fallback samples when a
+window's greedy text loops, so a model that loops (the base model) moves a little between runs.
 
 Writes bench/results/timestamps.json.
 """
