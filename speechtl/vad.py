@@ -8,7 +8,6 @@ hysteresis of Silero's ``get_speech_timestamps`` (as faster-whisper runs it).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checksums import sha256_file
 from .errors import SpeechtlError
 
 SAMPLE_RATE = 16000
@@ -73,7 +73,7 @@ def model_path() -> Path:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _CHECKED:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
         if digest != SILERO_V6_SHA256:
             raise SpeechtlError(f"{path} (from {where}) is not the Silero VAD v6 model speechtl expects "
                                 f"(sha256 {digest[:12]}…, expected {SILERO_V6_SHA256[:12]}…): the file is damaged "
