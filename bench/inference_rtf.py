@@ -353,16 +353,20 @@ def deploy_data(work: Path) -> tuple[dict[str, list], str, Path]:
     return splits, data, work / "train.jsonl"
 
 
-def _exports(work: Path, adapter: Path | None, name: str) -> dict[str, str]:
+def exported(work: Path, adapter: Path | None, name: str, fmt: str, quantization: str | None = None) -> str:
+    """``work/<name>-<fmt>[_<quantization>]``: the model (with ``adapter``) exported once, reused afterwards."""
     from speechtl.exporting import export
 
-    folders = {}
-    for fmt, q in (("transformers", None), ("ct2", "int8"), ("ct2", "int8_float32"), ("ct2", "float32")):
-        key = fmt if q is None else f"ct2_{q}"
-        out = work / f"{name}-{key}"
-        if not (out / "checksums.json").is_file():
-            export(None if adapter else MODEL, out, adapter=adapter, format=fmt, quantization=q, overwrite=True)
-        folders[key] = str(out)
+    out = work / f"{name}-{fmt if quantization is None else f'{fmt}_{quantization}'}"
+    if not (out / "checksums.json").is_file():
+        export(None if adapter else MODEL, out, adapter=adapter, format=fmt, quantization=quantization, overwrite=True)
+    return str(out)
+
+
+def _exports(work: Path, adapter: Path | None, name: str) -> dict[str, str]:
+    folders = {"transformers": exported(work, adapter, name, "transformers")}
+    for q in ("int8", "int8_float32", "float32"):
+        folders[f"ct2_{q}"] = exported(work, adapter, name, "ct2", q)
     folders["ct2"] = folders["ct2_int8"]
     return folders
 

@@ -52,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, command_line, finish, machine_facts, real_test_set, utterance_records  # noqa: E402
-from inference_rtf import LORA_KEYS, MODEL, deploy_data, train_adapter  # noqa: E402
+from inference_rtf import LORA_KEYS, MODEL, deploy_data, exported, train_adapter  # noqa: E402
 
 RATE = 16000
 PER_FILE = 12
@@ -181,8 +181,6 @@ def main() -> int:
 
     import torch
 
-    from speechtl.exporting import export
-
     torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m]
     if set(models) - set(MODELS):
@@ -208,19 +206,16 @@ def main() -> int:
                                f"max_new_tokens={MAX_NEW_TOKENS} (pipeline)"},
         "models": {},
     }
-    for name in models:
-        folders = {}
-        for fmt, q in (("ct2", "float32"), ("transformers", None)):
-            folders[fmt] = work / f"{name}-{fmt}_float32"
-            if not (folders[fmt] / "checksums.json").is_file():
-                export(MODEL, folders[fmt], adapter=adapters[name], format=fmt, quantization=q, overwrite=True)
-        result["models"][name] = measure(name, str(folders["ct2"]), str(folders["transformers"]), files, clips,
+    for name in models:  # the same folders as bench/inference_rtf.py's (shared --work)
+        result["models"][name] = measure(name, exported(work, adapters[name], name, "ct2", "float32"),
+                                         exported(work, adapters[name], name, "transformers"), files, clips,
                                          args.threads)
     m = result["models"]
     result["targets"] = {
-        f"{name}_minus_base_boundary_error_s{'' if side == 'faster_whisper' else '_' + side}": round(
-            m[name][side]["boundary_error_median_s"] - m["base"][side]["boundary_error_median_s"], 3)
-        for side in ("faster_whisper", "pipeline") for name in m if name != "base" and "base" in m}
+        f"{name}_minus_base_boundary_error_s{suffix}": round(m[name][side]["boundary_error_median_s"]
+                                                             - m["base"][side]["boundary_error_median_s"], 3)
+        for side, suffix in (("faster_whisper", ""), ("pipeline", "_pipeline"))
+        for name in m if name != "base" and "base" in m}
     result["targets"].update({f"{k}_within_0.2_s": v <= 0.2 for k, v in list(result["targets"].items())})
     finish(result, Path(args.out), "; ".join(f"{k}: {v}" for k, v in result["targets"].items()))
     return 0
