@@ -131,17 +131,14 @@ class Ct2Whisper:
     def prepare(self, waves: list[np.ndarray], short_clips: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Log-mel ``(batch, n_mels, 3000)`` of clips padded to 30 s (as the PyTorch engine computes them).
 
-        With ``short_clips`` the batch is cut to its longest clip (an even frame count); CTCranslate2's
+        With ``short_clips`` the batch is cut to its longest clip (an even frame count); CTranslate2's
         encoder takes shorter inputs but has no padding mask, so a shorter clip of the batch keeps the
         log-mel of silence up to that length (batches hold clips of similar length).
         """
-        feats = self.feature_extractor([np.asarray(w, dtype=np.float32) for w in waves], sampling_rate=16000,
-                                       padding="max_length", return_tensors="np").input_features
-        lengths = np.array([min(-(-len(w) // 160), feats.shape[-1]) for w in waves])
-        if short_clips:
-            frames = int(lengths.max())
-            feats = feats[..., : frames + frames % 2]
-        return np.ascontiguousarray(feats, dtype=np.float32), lengths
+        from .backbones.whisper import log_mel
+
+        feats, lengths = log_mel(self.feature_extractor, waves, short=short_clips)
+        return np.ascontiguousarray(feats.numpy(), dtype=np.float32), lengths.numpy()
 
     def decoder_memory(self, inputs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The encoder's output ``(batch, frames // 2, d_model)``, kept for the fallback to decode again."""

@@ -77,6 +77,26 @@ def test_whisper_short_clips_match_30s_on_valid_frames_length():
     assert long_x.shape[-1] == 3000 and short_x.shape[-1] == 100
     assert long_len.tolist() == short_len.tolist() == [100, 50]
     torch.testing.assert_close(short_x[0], long_x[0, :, :100])
+    torch.testing.assert_close(short_x[1, :, :50], long_x[1, :, :50])
+    assert not short_x[1, :, 50:].any()
+
+
+def test_whisper_short_features_are_the_30s_features_of_each_clip():
+    # Short features transform only the audio up to the longest clip; every frame a clip touches, and the
+    # per-clip maximum the log-mel is clamped against, must still be the 30-s ones. A loud end makes the
+    # frames straddling the clip's end the loudest, so too small a margin would change the whole clip.
+    b = speechtl.create_backbone("whisper-tiny-random")
+    rng = np.random.default_rng(3)
+    quiet = [(1e-5 * rng.standard_normal(n)).astype("float32") for n in (7999, 11990, 4321, 160 * 37)]
+    for w in quiet[:2]:
+        w[-40:] = 1.0
+    short_x, lengths = b.prepare(quiet, short_clips=True)
+    assert short_x.shape[-1] == 76  # ceil(11990 / 160) = 75 frames, rounded up to an even count
+    for i, w in enumerate(quiet):
+        alone, n = b.prepare([w], short_clips=False)
+        n = int(n[0])
+        assert n == int(lengths[i])
+        torch.testing.assert_close(short_x[i, :, :n], alone[0, :, :n], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -90,9 +90,9 @@ class WhisperBackbone(nn.Module):
     def prepare(self, waveforms: list[np.ndarray], short_clips: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveforms ``(samples,)`` at 16 kHz to log-mel ``(batch, n_mels, frames)`` and valid frame counts ``(batch,)``.
 
-        Each clip's features are computed as if padded to 30 s, so they do not depend on the
-        other clips in the batch; with ``short_clips`` the batch is then cut to its longest clip
-        (rounded up to an even frame count, the encoder's stride).
+        Each clip's features are those of the clip padded to 30 s, so they do not depend on the
+        other clips in the batch; with ``short_clips`` the batch stops at its longest clip
+        (rounded up to an even frame count, the encoder's stride) and is zero beyond each clip.
         """
         short = self.short_clips if short_clips is None else short_clips
         max_samples = self.max_frames * HOP
@@ -104,13 +104,7 @@ class WhisperBackbone(nn.Module):
                     f"clip {i} of the batch is {len(w) / self.sample_rate:.1f} s; Whisper takes at most "
                     f"{max_samples / self.sample_rate:.0f} s per clip: split longer audio into segments"
                 )
-        feats = self.processor.feature_extractor(
-            [np.asarray(w, dtype=np.float32) for w in waveforms],
-            sampling_rate=self.sample_rate,
-            padding="max_length",
-            return_tensors="pt",
-        ).input_features
-        lengths = torch.tensor([min(math.ceil(len(w) / HOP), self.max_frames) for w in waveforms])
+        feats, lengths = log_mel(self.processor.feature_extractor, waveforms, short=short, max_frames=self.max_frames)
         return (self.shorten(feats, lengths) if short else feats), lengths
 
     @staticmethod
@@ -406,6 +400,32 @@ class WhisperBackbone(nn.Module):
             layers="model.model.encoder.layers",
             num_layers=self.num_layers,
         )
+
+
+def log_mel(feature_extractor: WhisperFeatureExtractor, waveforms: list[np.ndarray], *, short: bool = False,
+            max_frames: int = 3000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper's log-mel ``(batch, n_mels, frames)`` of clips padded to 30 s, and each clip's frame count ``(batch,)``.
+
+    With ``short`` the frames stop at the batch's longest clip (an even count) and only the audio up
+    to there is transformed: the same values as the 30-s features' first frames, several times
+    cheaper on short clips. (Beyond a shorter clip of the batch the frames are those of silence.)
+    """
+    hop, n_fft = feature_extractor.hop_length, feature_extractor.n_fft
+    lengths = torch.tensor([min(math.ceil(len(w) / hop), max_frames) for w in waveforms])
+    samples = max_frames * hop
+    if short:
+        # Zeros past the longest clip, so that every frame touching a clip (n_fft / 2 samples either
+        # side, and the reflection at the STFT's end) reads what it reads at 30 s: the values, and each
+        # clip's maximum that the log-mel is clamped against, are the 30-s features'.
+        need = max(len(w) for w in waveforms) + n_fft + 2 * hop
+        samples = min(samples, -(-need // hop) * hop)
+    feats = feature_extractor([np.asarray(w, dtype=np.float32) for w in waveforms],
+                              sampling_rate=feature_extractor.sampling_rate, padding="max_length", max_length=samples,
+                              return_tensors="pt").input_features
+    if short:
+        frames = int(lengths.max())
+        feats = feats[..., : frames + frames % 2]
+    return feats, lengths
 
 
 def whisper_case(text: str) -> str:
