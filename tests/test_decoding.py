@@ -112,6 +112,29 @@ def test_avg_logprob_is_the_mean_of_the_decoded_tokens_log_probabilities(whisper
     assert h.avg_logprob == pytest.approx(total / (int(keep.sum()) + 1), abs=1e-4)
 
 
+@pytest.mark.parametrize("short", [True, False])
+def test_cached_greedy_decoding_is_transformers_greedy_with_teacher_forced_scores(whisper, short):
+    """The decoding loop (key/value cache, scores taken as it decodes) against transformers' generate and
+    one teacher-forced pass over its tokens, on a padded batch of short clips and at 30 s."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    feats, lens = whisper.prepare(_waves(), short_clips=short)
+    hyps = whisper.decode(feats, lens, max_new_tokens=24)
+    states = whisper.decoder_memory(feats, lens)
+    prompt, eot = whisper.prompt_ids(), whisper.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    with whisper._cross_attention_mask(states, lens):
+        ids = whisper.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), max_new_tokens=24,
+                                     return_timestamps=False)
+        rows = [row.tolist() for row in ids]
+        seqs = [r[len(prompt):] if r[: len(prompt)] == prompt else r for r in rows]  # with the prompt or without
+        seqs = [s[: s.index(eot) + 1] if eot in s else s for s in seqs]
+        avg, no_speech = whisper._scores(states, prompt, seqs, eot)
+    assert [h.tokens for h in hyps] == [len([t for t in s if t != eot]) for s in seqs]
+    assert [h.text for h in hyps] == [t.strip() for t in whisper.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
+    np.testing.assert_allclose([h.avg_logprob for h in hyps], avg, atol=1e-4)
+    np.testing.assert_allclose([h.no_speech_prob for h in hyps], no_speech, atol=1e-5)
+
+
 def test_sampling_is_seeded_and_keeps_the_likeliest_of_best_of(whisper):
     feats, lens = whisper.prepare(_waves(2))
     a = whisper.decode(feats, lens, temperature=1.0, best_of=3, seed=7)

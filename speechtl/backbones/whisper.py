@@ -30,7 +30,6 @@ from transformers import (
     WhisperProcessor,
     WhisperTokenizerFast,
 )
-from transformers.generation.utils import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as hf_logging
 
@@ -287,56 +286,99 @@ class WhisperBackbone(nn.Module):
 
         At ``temperature`` 0: greedy or beam search. Above 0: ``best_of`` samples per clip (seeded
         with ``seed``), the one with the highest mean log-probability kept. With ``score`` each
-        hypothesis carries its mean token log-probability and the no-speech probability (one
-        teacher-forced pass over the decoded tokens), which the temperature fallback reads.
+        hypothesis carries its mean token log-probability and the no-speech probability, which the
+        temperature fallback reads (greedy and sampled decoding score as they decode; beam search
+        with one teacher-forced pass over the decoded tokens).
         ``encoder_states`` (from :meth:`decoder_memory`) skips the encoder: the fallback decodes a
         clip again without encoding it again.
         """
         states = encoder_states if encoder_states is not None else self.decoder_memory(inputs, lengths)
         n = states.shape[0]
-        kwargs: dict[str, Any] = {}
-        if self.multilingual:
-            kwargs.update(language=self.language, task="transcribe")
         sample = temperature > 0
         if sample:
             states = states.repeat_interleave(best_of, 0)
-        else:
-            kwargs.update(do_sample=False, num_beams=beam_size)
         prompt = self.prompt_ids()
         # new tokens after the prompt; the prompt and they must fit the decoder's positions
         new = min(max_new_tokens, self.model.config.max_target_positions - len(prompt))
+        eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         rng = torch.random.fork_rng(devices=[states.device] if states.device.type == "cuda" else [])
         with _quiet_transformers(), rng, self._cross_attention_mask(states, lengths):
-            if sample:
+            if sample or beam_size == 1:
                 torch.manual_seed(seed)
-                # The plain generation loop with the prompt given: Whisper's own generate() treats a
-                # temperature as its long-form fallback, which breaks on encoder outputs when a sample
-                # ends early; timestamps are suppressed as the <|notimestamps|> prompt asks.
-                gen = self.model.generation_config
-                ids = GenerationMixin.generate(
-                    self.model, encoder_outputs=BaseModelOutput(last_hidden_state=states),
-                    decoder_input_ids=torch.tensor([prompt] * states.shape[0], device=states.device),
-                    max_new_tokens=new, do_sample=True, temperature=temperature, top_k=0, num_beams=1,
-                    suppress_tokens=self._suppressed(), begin_suppress_tokens=gen.begin_suppress_tokens)
+                seqs, avg, no_speech = self._decode_loop(states, prompt, new, temperature, eot)
             else:
-                ids = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states),
-                                          max_new_tokens=new, return_timestamps=False, **kwargs)
-        if not torch.is_tensor(ids):  # some generate paths return a dict-like output
-            ids = ids["sequences"]
-        seqs = [_strip_prompt(row.tolist(), prompt) for row in ids]
-        eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        seqs = [s[: s.index(eot) + 1] if eot in s else s for s in seqs]
+                seqs = self._beam_search(states, prompt, new, beam_size, eot)
+                avg, no_speech = self._scores(states, prompt, seqs, eot) if score else (None, None)
+        if not score:  # text only (generate())
+            avg = no_speech = [0.0] * len(seqs)
         texts = [t.strip() for t in self.tokenizer.batch_decode([[t for t in s if t != eot] for s in seqs],
                                                                 skip_special_tokens=True)]
-        if not score:
-            return [Hypothesis(t, temperature=temperature, tokens=len(s)) for t, s in zip(texts, seqs)]
-        with self._cross_attention_mask(states, lengths):
-            avg, no_speech = self._scores(states, prompt, seqs, eot)
         hyps = [Hypothesis(t, a, p, temperature, len([x for x in s if x != eot]))
                 for t, a, p, s in zip(texts, avg, no_speech, seqs)]
         if not sample:
             return hyps
         return [max(hyps[i * best_of : (i + 1) * best_of], key=lambda h: h.avg_logprob) for i in range(n)]
+
+    def _decode_loop(self, states: torch.Tensor, prompt: list[int], new: int, temperature: float, eot: int
+                     ) -> tuple[list[list[int]], list[float], list[float]]:
+        """Greedy (``temperature`` 0) or sampled decoding of encoder states ``(batch, steps, d_model)``, one
+        token a step with the key/value cache, scored as it goes.
+
+        Returns each row's tokens (end-of-text included when reached), their mean log-probability (the sum over
+        the tokens, end-of-text included, / (text tokens + 1), as faster-whisper computes it; at temperature 1
+        after the token suppression, the scale the thresholds are set on) and the no-speech probability after
+        start-of-transcript. The scores come from the decoding pass itself: no second pass over the tokens.
+        """
+        n, device = states.shape[0], states.device
+        decoder, proj = self.model.model.decoder, self.model.proj_out
+        vocab = self.model.config.vocab_size
+        banned = torch.zeros(vocab, dtype=torch.bool, device=device)
+        banned[self._suppressed()] = True
+        first = banned.clone()  # the first token is never blank or end-of-text (begin-suppressed)
+        first[list(self.model.generation_config.begin_suppress_tokens or [])] = True
+        no_speech_id = self._no_speech_id()
+        ids = torch.tensor([prompt] * n, device=device)
+        tokens, cache = [], None
+        total = torch.zeros(n, device=device)
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        no_speech = torch.zeros(n)
+        for step in range(new):
+            out = decoder(input_ids=ids, encoder_hidden_states=states, past_key_values=cache, use_cache=True)
+            cache, hidden = out.past_key_values, out.last_hidden_state
+            if step == 0 and no_speech_id is not None:
+                # After start-of-transcript and at the prompt's end in one product: the vocabulary
+                # projection costs its weights' reading, whatever the rows.
+                both = proj(hidden[:, [0, -1]]).float()
+                no_speech, logits = both[:, 0].softmax(-1)[:, no_speech_id], both[:, 1]
+            else:
+                logits = proj(hidden[:, -1]).float()
+            logits = logits.masked_fill(first if step == 0 else banned, float("-inf"))
+            if temperature > 0:
+                nxt = torch.multinomial((logits / temperature).softmax(-1), 1).squeeze(1)
+            else:
+                nxt = logits.argmax(-1)
+            nxt = nxt.masked_fill(done, eot)
+            total += logits.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1).masked_fill(done, 0.0)
+            tokens.append(nxt)
+            done |= nxt == eot
+            if bool(done.all()):
+                break
+            ids = nxt[:, None]
+        rows = torch.stack(tokens, 1).tolist()
+        seqs = [r[: r.index(eot) + 1] if eot in r else r for r in rows]
+        avg = [t / (len(s) - (s[-1] == eot) + 1) for t, s in zip(total.tolist(), seqs)]
+        return seqs, avg, no_speech.tolist()
+
+    def _beam_search(self, states: torch.Tensor, prompt: list[int], new: int, beam_size: int, eot: int
+                     ) -> list[list[int]]:
+        """Beam search with transformers' generation (tokens after the prompt, end-of-text included when reached)."""
+        kwargs: dict[str, Any] = {"language": self.language, "task": "transcribe"} if self.multilingual else {}
+        ids = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), max_new_tokens=new,
+                                  return_timestamps=False, do_sample=False, num_beams=beam_size, **kwargs)
+        if not torch.is_tensor(ids):  # some generate paths return a dict-like output
+            ids = ids["sequences"]
+        seqs = [_strip_prompt(row.tolist(), prompt) for row in ids]
+        return [s[: s.index(eot) + 1] if eot in s else s for s in seqs]
 
     @torch.no_grad()
     def decoder_memory(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
