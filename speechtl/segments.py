@@ -36,7 +36,8 @@ class Segment:
         text: its transcript (empty for silence).
         avg_logprob, no_speech_prob, compression_ratio, temperature: the decoder's evidence
             (see :mod:`speechtl.decoding`); the temperature says whether the fallback resampled it.
-        speech: whether voice-activity detection found speech in it.
+        speech: whether voice-activity detection found speech in it; None where it was not asked: a
+            clip (one segment) whose no-speech probability stayed below its threshold, or a CTC model's.
     """
 
     start: float
@@ -46,7 +47,7 @@ class Segment:
     no_speech_prob: float | None = None
     compression_ratio: float | None = None
     temperature: float | None = None
-    speech: bool = True
+    speech: bool | None = True
 
     def to_json(self) -> dict[str, Any]:
         row = asdict(self)
@@ -157,12 +158,13 @@ def open_source(item: str | os.PathLike | np.ndarray, sample_rate: int, max_seco
 class Planned:
     """One segment to decode: the speech regions ``pieces`` (samples) whose audio, joined, it is.
 
-    ``speech``: whether the detector found speech (a short clip without any is decided with the
-    model's no-speech probability; long-form segments hold speech by construction).
+    ``speech``: whether the detector found speech; long-form segments hold speech by construction,
+    and a clip's is None: the detector runs on it only when the model's no-speech probability asks
+    (:func:`clip_has_speech`), which spares it on every clip of ordinary speech.
     """
 
     pieces: tuple[tuple[int, int], ...]
-    speech: bool = True
+    speech: bool | None = True
 
     @property
     def start(self) -> int:
@@ -184,12 +186,14 @@ def plan_segments(src: Source, *, max_segment_seconds: float = MAX_SEGMENT_SECON
 
     The silence between the regions of a segment is left out of its audio (as faster-whisper's
     batched mode does), so each 30-s window the encoder runs is filled with speech; a segment's
-    times are those of its first and last region.
+    times are those of its first and last region. A clip in memory (``src.item`` a waveform) is
+    not run through the detector here (its ``speech`` is None; see :func:`clip_has_speech`).
     """
-    vad = vad or VadOptions(max_speech_s=max_segment_seconds)
-    probs, total = speech_probabilities(src.blocks())
-    spans = speech_spans(probs, total, vad)
     limit = int(max_segment_seconds * src.sample_rate)
+    if isinstance(src.item, np.ndarray) and len(src.item) <= limit:
+        return [Planned(((0, len(src.item)),), None)]
+    probs, total = speech_probabilities(src.blocks())
+    spans = speech_spans(probs, total, vad or VadOptions(max_speech_s=max_segment_seconds))
     if total <= limit:
         return [Planned(((0, total),), bool(spans))]
     pieces = []
@@ -205,6 +209,12 @@ def plan_segments(src: Source, *, max_segment_seconds: float = MAX_SEGMENT_SECON
         else:
             segments.append([piece])
     return [Planned(tuple(seg)) for seg in segments]
+
+
+def clip_has_speech(wave: np.ndarray, vad: VadOptions | None = None) -> bool:
+    """Whether the detector finds speech anywhere in a clip ``(samples,)`` at 16 kHz."""
+    probs, total = speech_probabilities([wave])
+    return bool(speech_spans(probs, total, vad or VadOptions()))
 
 
 def join_texts(segments: list[Segment]) -> str:

@@ -27,8 +27,8 @@ from .backbones import create_backbone
 from .decoding import DecodeOptions, Hypothesis, decode_with_fallback, short_clips_mode, too_repetitive
 from .engines import ENGINES, Ct2Whisper
 from .errors import SpeechtlError
-from .segments import (LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Planned, Segment, Transcript, join_texts, open_source,
-                       plan_segments)
+from .segments import (LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Planned, Segment, Transcript, clip_has_speech,
+                       join_texts, open_source, plan_segments)
 from .vad import VadOptions
 
 AudioInput = str | os.PathLike | np.ndarray
@@ -190,6 +190,8 @@ def transcribe(
     show = progress if progress is not None else len(plan) > 1
     hyps: list[Hypothesis | None] = [None] * len(jobs)
     short: list[bool | None] = [None] * len(jobs)  # how each segment was encoded (None: CTC, no padding)
+    speech = [plan.speech for _, plan in jobs]  # the detector's verdict (None: a clip, asked when needed)
+    quiet = opts.no_speech_threshold
     with torch.no_grad():
         for idx in tqdm(plan, desc="transcribe", unit="batch", disable=not show):
             route_ = routes[idx[0]] if routes else None
@@ -200,19 +202,21 @@ def transcribe(
                 how = _retry_loops_padded(runner, batch, got, opts) if cut and forced is None else [cut] * len(idx)
                 for j, h, c in zip(idx, got, how):
                     hyps[j], short[j] = h, c
-            for j in idx:
+            for j, w in zip(idx, batch):
+                # A clip's detector verdict matters only where the model says no speech; asked only there.
+                if seq2seq and speech[j] is None and quiet is not None and hyps[j].no_speech_prob > quiet:
+                    speech[j] = clip_has_speech(w, vad)
                 held.pop(j, None)  # decoded: its audio is not needed again
 
     transcripts = [Transcript("", [], src.duration) for src in sources]
-    quiet = opts.no_speech_threshold
     for j, (k, plan) in enumerate(jobs):
-        h, a, b, speech = hyps[j], plan.start, plan.end, plan.speech
-        if seq2seq and not speech and quiet is not None and h.no_speech_prob > quiet:
+        h, a, b = hyps[j], plan.start, plan.end
+        if seq2seq and speech[j] is False and quiet is not None and h.no_speech_prob > quiet:
             h.text = ""  # the detector heard no speech and the model agrees: silence, whatever it decoded
         transcripts[k].segments.append(Segment(a / rate, b / rate, h.text, h.avg_logprob if seq2seq else None,
                                                h.no_speech_prob if seq2seq else None,
                                                h.compression_ratio if seq2seq else None,
-                                               h.temperature if seq2seq else None, speech))
+                                               h.temperature if seq2seq else None, speech[j]))
         if routes and transcripts[k].route is None:  # a long input: the route of its segments (one per input)
             transcripts[k].route = routes[j]
         if short[j] is not None:  # short only if every segment was (a retry keeps one at 30 s)

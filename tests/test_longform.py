@@ -205,12 +205,21 @@ def test_cli_srt_json_and_out_dir(spoken, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_whisper_tiny_en_says_nothing_on_silence_and_noise():
-    """Zero-shot tiny.en turns 5 s of silence into "you"; the detector and the no-speech probability stop it."""
+def test_whisper_tiny_en_says_nothing_on_silence_and_noise(spoken, monkeypatch):
+    """Zero-shot tiny.en turns 5 s of silence into "you"; the detector and the no-speech probability stop it.
+    The detector runs on a clip only where the model's no-speech probability asks, never on a spoken one."""
+    from speechtl import transcription
+
+    asked, real = [], transcription.clip_has_speech
+    monkeypatch.setattr(transcription, "clip_has_speech", lambda w, vad=None: asked.append(len(w)) or real(w, vad))
     rng = np.random.default_rng(0)
     quiet = [np.zeros(5 * RATE, np.float32), (0.003 * rng.standard_normal(5 * RATE)).astype(np.float32),
              np.zeros(70 * RATE, np.float32)]
-    assert speechtl.transcribe("whisper-tiny.en", quiet, progress=False) == ["", "", ""]
+    out = speechtl.transcribe("whisper-tiny.en", [*quiet, spoken[0]], progress=False, return_segments=True)
+    assert [t.text for t in out[:3]] == ["", "", ""] and "lazy dog" in out[3].text.lower()
+    assert asked == [5 * RATE, 5 * RATE]  # the two quiet clips; the long one went through the detector whole
+    assert [t.segments[0].speech for t in out[:2]] == [False, False] and out[2].segments == []
+    assert out[3].segments[0].speech is None  # the model heard speech: the detector was not asked
 
 
 @pytest.mark.slow
