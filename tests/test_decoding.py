@@ -112,19 +112,25 @@ def test_avg_logprob_is_the_mean_of_the_decoded_tokens_log_probabilities(whisper
     assert h.avg_logprob == pytest.approx(total / (int(keep.sum()) + 1), abs=1e-4)
 
 
-@pytest.mark.parametrize("short", [True, False])
-def test_cached_greedy_decoding_is_transformers_greedy_with_teacher_forced_scores(whisper, short):
+@pytest.mark.parametrize("short,masks", [(True, False), (False, False), (True, True)])
+def test_cached_greedy_decoding_is_transformers_greedy_with_teacher_forced_scores(whisper, short, masks):
     """The decoding loop (key/value cache, scores taken as it decodes) against transformers' generate and
-    one teacher-forced pass over its tokens, on a padded batch of short clips and at 30 s."""
+    one teacher-forced pass over its tokens, on a padded batch of short clips and at 30 s; with ``masks``
+    a model with timestamp tokens (suppressed) and begin-suppressed tokens."""
     from transformers.modeling_outputs import BaseModelOutput
 
+    if masks:
+        whisper = speechtl.create_backbone("whisper-tiny-random", timestamps=True)
+        eot = whisper.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        whisper.model.generation_config.begin_suppress_tokens = [eot, 32]
+        whisper.model.generation_config.suppress_tokens = [33, 101]
     feats, lens = whisper.prepare(_waves(), short_clips=short)
     hyps = whisper.decode(feats, lens, max_new_tokens=24)
     states = whisper.decoder_memory(feats, lens)
     prompt, eot = whisper.prompt_ids(), whisper.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     with whisper._cross_attention_mask(states, lens):
         ids = whisper.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), max_new_tokens=24,
-                                     return_timestamps=False)
+                                     return_timestamps=False, suppress_tokens=whisper._suppressed() or None)
         rows = [row.tolist() for row in ids]
         seqs = [r[len(prompt):] if r[: len(prompt)] == prompt else r for r in rows]  # with the prompt or without
         seqs = [s[: s.index(eot) + 1] if eot in s else s for s in seqs]
@@ -152,3 +158,12 @@ def test_fallback_results_do_not_depend_on_the_batch(whisper):
     alone = [speechtl.transcribe(whisper, w, return_segments=True)[0] for w in waves]
     assert any(t.segments[0].temperature > 0 for t in batched)
     assert [t.text for t in batched] == [t.text for t in alone]
+
+
+def test_a_multilingual_model_without_a_language_is_refused(whisper):
+    whisper.multilingual, whisper.language = True, None
+    try:
+        with pytest.raises(SpeechtlError, match="language='en'"):
+            whisper.prompt_ids()
+    finally:
+        whisper.multilingual, whisper.language = False, None

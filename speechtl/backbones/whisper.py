@@ -154,6 +154,9 @@ class WhisperBackbone(nn.Module):
         tok = self.tokenizer
         ids = [tok.convert_tokens_to_ids("<|startoftranscript|>")]
         if self.multilingual:
+            if not self.language:
+                raise SpeechtlError(f"{self.name} is multilingual and was given no language; create it with "
+                                    "language='en' (or another language code)")
             ids += [tok.convert_tokens_to_ids(f"<|{self.language}|>"), tok.convert_tokens_to_ids("<|transcribe|>")]
         if not timestamps:
             ids.append(tok.convert_tokens_to_ids("<|notimestamps|>"))
@@ -300,13 +303,16 @@ class WhisperBackbone(nn.Module):
         prompt = self.prompt_ids()
         # new tokens after the prompt; the prompt and they must fit the decoder's positions
         new = min(max_new_tokens, self.model.config.max_target_positions - len(prompt))
+        if new < 1:
+            raise SpeechtlError(f"{self.name}: the decoder takes {self.model.config.max_target_positions} positions, "
+                                f"no more than its {len(prompt)}-token prompt; it cannot decode")
         eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         rng = torch.random.fork_rng(devices=[states.device] if states.device.type == "cuda" else [])
         with _quiet_transformers(), rng, self._cross_attention_mask(states, lengths):
-            if sample or beam_size == 1:
+            if sample or (beam_size == 1 and self._plain_generation()):
                 torch.manual_seed(seed)
                 seqs, avg, no_speech = self._decode_loop(states, prompt, new, temperature, eot)
-            else:
+            else:  # beam search, or greedy under generation settings the loop does not apply
                 seqs = self._beam_search(states, prompt, new, beam_size, eot)
                 avg, no_speech = self._scores(states, prompt, seqs, eot) if score else (None, None)
         if not score:  # text only (generate())
@@ -371,10 +377,13 @@ class WhisperBackbone(nn.Module):
 
     def _beam_search(self, states: torch.Tensor, prompt: list[int], new: int, beam_size: int, eot: int
                      ) -> list[list[int]]:
-        """Beam search with transformers' generation (tokens after the prompt, end-of-text included when reached)."""
+        """Beam search (or greedy search under a generation config with more than token suppression) with
+        transformers' generation: tokens after the prompt, end-of-text included when reached. The same tokens
+        are suppressed as in :meth:`_decode_loop`, timestamps included."""
         kwargs: dict[str, Any] = {"language": self.language, "task": "transcribe"} if self.multilingual else {}
         ids = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), max_new_tokens=new,
-                                  return_timestamps=False, do_sample=False, num_beams=beam_size, **kwargs)
+                                  return_timestamps=False, do_sample=False, num_beams=beam_size,
+                                  suppress_tokens=self._suppressed() or None, **kwargs)
         if not torch.is_tensor(ids):  # some generate paths return a dict-like output
             ids = ids["sequences"]
         seqs = [_strip_prompt(row.tolist(), prompt) for row in ids]
@@ -416,6 +425,13 @@ class WhisperBackbone(nn.Module):
         if no_speech_id is None:
             return avg, [0.0] * len(seqs)
         return avg, logits[:, 0].softmax(-1)[:, no_speech_id].tolist()
+
+    def _plain_generation(self) -> bool:
+        """Whether the generation config asks only for token suppression, all :meth:`_decode_loop` applies
+        (a repetition penalty, n-gram blocking or banned word sequences send greedy search to transformers)."""
+        gen = self.model.generation_config
+        return (getattr(gen, "repetition_penalty", None) in (None, 1.0)
+                and not getattr(gen, "no_repeat_ngram_size", None) and not getattr(gen, "bad_words_ids", None))
 
     def _suppressed(self) -> list[int]:
         """The generation config's suppressed tokens and every timestamp token (the prompt has <|notimestamps|>)."""
