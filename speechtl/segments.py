@@ -160,7 +160,7 @@ class Planned:
 
     ``speech``: whether the detector found speech; long-form segments hold speech by construction,
     and a clip's is None: the detector runs on it only when the model's no-speech probability asks
-    (:func:`clip_has_speech`), which spares it on every clip of ordinary speech.
+    (:func:`speechtl.vad.speech_bounds`), which spares it on every clip of ordinary speech.
     """
 
     pieces: tuple[tuple[int, int], ...]
@@ -187,7 +187,7 @@ def plan_segments(src: Source, *, max_segment_seconds: float = MAX_SEGMENT_SECON
     The silence between the regions of a segment is left out of its audio (as faster-whisper's
     batched mode does), so each 30-s window the encoder runs is filled with speech; a segment's
     times are those of its first and last region. A clip in memory (``src.item`` a waveform) is
-    not run through the detector here (its ``speech`` is None; see :func:`clip_has_speech`).
+    not run through the detector here (its ``speech`` is None; see :class:`Planned`).
     """
     limit = int(max_segment_seconds * src.sample_rate)
     if isinstance(src.item, np.ndarray) and len(src.item) <= limit:
@@ -209,12 +209,6 @@ def plan_segments(src: Source, *, max_segment_seconds: float = MAX_SEGMENT_SECON
         else:
             segments.append([piece])
     return [Planned(tuple(seg)) for seg in segments]
-
-
-def clip_has_speech(wave: np.ndarray, vad: VadOptions | None = None) -> bool:
-    """Whether the detector finds speech anywhere in a clip ``(samples,)`` at 16 kHz."""
-    probs, total = speech_probabilities([wave])
-    return bool(speech_spans(probs, total, vad or VadOptions()))
 
 
 def join_texts(segments: list[Segment]) -> str:

@@ -27,9 +27,9 @@ from .backbones import create_backbone
 from .decoding import DecodeOptions, Hypothesis, decode_with_fallback, short_clips_mode, too_repetitive
 from .engines import ENGINES, Ct2Whisper
 from .errors import SpeechtlError
-from .segments import (LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Planned, Segment, Transcript, clip_has_speech,
-                       join_texts, open_source, plan_segments)
-from .vad import VadOptions
+from .segments import (LONG_FORM_LIMIT, MAX_SEGMENT_SECONDS, Planned, Segment, Transcript, join_texts, open_source,
+                       plan_segments)
+from .vad import VadOptions, speech_bounds
 
 AudioInput = str | os.PathLike | np.ndarray
 
@@ -205,7 +205,7 @@ def transcribe(
             for j, w in zip(idx, batch):
                 # A clip's detector verdict matters only where the model says no speech; asked only there.
                 if seq2seq and speech[j] is None and quiet is not None and hyps[j].no_speech_prob > quiet:
-                    speech[j] = clip_has_speech(w, vad)
+                    speech[j] = speech_bounds(w, vad or VadOptions()) is not None
                 held.pop(j, None)  # decoded: its audio is not needed again
 
     transcripts = [Transcript("", [], src.duration) for src in sources]

@@ -210,8 +210,8 @@ def test_whisper_tiny_en_says_nothing_on_silence_and_noise(spoken, monkeypatch):
     The detector runs on a clip only where the model's no-speech probability asks, never on a spoken one."""
     from speechtl import transcription
 
-    asked, real = [], transcription.clip_has_speech
-    monkeypatch.setattr(transcription, "clip_has_speech", lambda w, vad=None: asked.append(len(w)) or real(w, vad))
+    asked, real = [], transcription.speech_bounds
+    monkeypatch.setattr(transcription, "speech_bounds", lambda w, opts: asked.append(len(w)) or real(w, opts))
     rng = np.random.default_rng(0)
     quiet = [np.zeros(5 * RATE, np.float32), (0.003 * rng.standard_normal(5 * RATE)).astype(np.float32),
              np.zeros(70 * RATE, np.float32)]
