@@ -113,6 +113,15 @@ def too_repetitive(h: Hypothesis, opts: DecodeOptions) -> bool:
     return opts.compression_ratio_threshold is not None and h.compression_ratio > opts.compression_ratio_threshold
 
 
+def likeliest(candidates: Sequence[Hypothesis], compression_ratio_threshold: float | None = None) -> Hypothesis:
+    """The sample to keep of one clip's ``best_of``: the likeliest whose text compresses no more than the
+    threshold (a loop is confident, so would win on likelihood alone and then fail the fallback's test),
+    else the likeliest of all."""
+    ok = [h for h in candidates if compression_ratio_threshold is None
+          or h.compression_ratio <= compression_ratio_threshold]
+    return max(ok or candidates, key=lambda h: h.avg_logprob)
+
+
 def too_unlikely(h: Hypothesis, opts: DecodeOptions) -> bool:
     return opts.logprob_threshold is not None and h.avg_logprob < opts.logprob_threshold
 

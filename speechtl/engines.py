@@ -2,8 +2,8 @@
 
 Both answer the surface transcription needs: ``sample_rate``, ``prepare(waves) -> (features,
 lengths)`` and ``decode(features, lengths, temperature=, beam_size=, best_of=, max_new_tokens=,
-seed=) -> [Hypothesis]``. The PyTorch engine is the backbone itself (adapters and routing work
-there). :class:`Ct2Whisper` runs a CTranslate2 Whisper folder — one written by
+seed=, compression_ratio_threshold=) -> [Hypothesis]``. The PyTorch engine is the backbone itself
+(adapters and routing work there). :class:`Ct2Whisper` runs a CTranslate2 Whisper folder — one written by
 ``speechtl-export --format ct2``, any faster-whisper model folder, or a packaged checkpoint — with
 faster-whisper's loader and the same features, prompt, thresholds and fallback as PyTorch.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .audio import describe_error
-from .decoding import Hypothesis
+from .decoding import Hypothesis, likeliest
 from .errors import ModelNotFoundError, SpeechtlError
 
 ENGINES = ("torch", "ct2")
@@ -149,8 +149,13 @@ class Ct2Whisper:
 
     def decode(self, inputs: np.ndarray, lengths: np.ndarray, *, temperature: float = 0.0, beam_size: int = 1,
                best_of: int = 1, max_new_tokens: int = 128, seed: int = 0, score: bool = True,
-               encoder_states: np.ndarray | None = None) -> list[Hypothesis]:
-        """Like :meth:`speechtl.backbones.whisper.WhisperBackbone.decode`; CTranslate2 scores the tokens."""
+               encoder_states: np.ndarray | None = None,
+               compression_ratio_threshold: float | None = None) -> list[Hypothesis]:
+        """Like :meth:`speechtl.backbones.whisper.WhisperBackbone.decode`; CTranslate2 scores the tokens.
+
+        CTranslate2 decodes every row to its end, so ``compression_ratio_threshold`` only chooses among
+        the samples (:func:`~speechtl.decoding.likeliest`); no loop stops early.
+        """
         import ctranslate2
 
         # generate() takes log-mel features or the encoder's output (it tells them apart by shape).
@@ -178,5 +183,5 @@ class Ct2Whisper:
                 avg = s * len(tokens) / (len(tokens) + 1)
                 options.append(Hypothesis(self.tokenizer.decode(tokens).strip(), avg, r.no_speech_prob,
                                           temperature, len(tokens)))
-            hyps.append(max(options, key=lambda h: h.avg_logprob))
+            hyps.append(likeliest(options, compression_ratio_threshold))
         return hyps

@@ -301,11 +301,14 @@ def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, short: b
 
     memory = runner.decoder_memory(inputs, lengths)  # encoded once; the fallback decodes from it again
 
+    # With the fallback on, a loop is decoded again anyway: stopping it at the threshold costs no result.
+    loops = opts.compression_ratio_threshold if opts.fallback else None
+
     def decode(idx: Sequence[int], temperature: float) -> list[Hypothesis]:
         sel = list(idx)
         return runner.decode(inputs[sel], lengths[sel], temperature=temperature, beam_size=opts.beam_size,
                              best_of=opts.best_of, max_new_tokens=opts.max_new_tokens, seed=opts.seed,
-                             encoder_states=memory[sel])
+                             encoder_states=memory[sel], compression_ratio_threshold=loops)
 
     return decode_with_fallback(decode, len(waves), opts)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import speechtl
-from speechtl.decoding import DecodeOptions, Hypothesis, compression_ratio, decode_with_fallback
+from speechtl.decoding import DecodeOptions, Hypothesis, compression_ratio, decode_with_fallback, likeliest
 from speechtl.errors import SpeechtlError
 
 LOOP = "the boy, " * 40
@@ -49,6 +49,13 @@ def test_when_every_temperature_fails_the_likeliest_non_loop_is_kept():
              (0, 1.0): dict(text="b", avg_logprob=-1.3)}
     out = decode_with_fallback(Scripted(table), 1, opts)
     assert out[0].text == "b"  # the loop had the best log-probability but is not kept
+
+
+def test_the_likeliest_sample_that_is_not_a_loop_is_kept():
+    loop, unsure, sure = (Hypothesis(LOOP, -0.1), Hypothesis("the boy", -1.2), Hypothesis("the boy ran", -0.8))
+    assert likeliest([loop, unsure, sure], 2.4) is sure  # the loop is likelier, but would fail the fallback's test
+    assert likeliest([loop, unsure, sure]) is loop  # without a threshold: likelihood alone
+    assert likeliest([loop, Hypothesis(LOOP[:-9], -0.3)], 2.4) is loop  # only loops: the likeliest of them
 
 
 def test_silence_is_empty_and_not_resampled():
@@ -149,6 +156,35 @@ def test_sampling_is_seeded_and_keeps_the_likeliest_of_best_of(whisper):
     assert all(h.temperature == 1.0 for h in a)
     singles = [whisper.decode(feats[:1], lens[:1], temperature=1.0, best_of=1, seed=s)[0] for s in range(3)]
     assert len({h.text for h in singles}) > 1  # temperature 1 really samples
+
+
+def test_a_looping_row_stops_once_its_text_fails_the_compression_test(whisper):
+    """The random model repeats one token under greedy decoding: with the threshold each row stops at the
+    first check, as the prefix of its full decoding, scored over the tokens it has; sampled rows (no loop)
+    are unchanged, and a row decodes the same in a batch and alone."""
+    from speechtl.backbones.whisper import LOOP_CHECK_FROM
+
+    feats, lens = whisper.prepare(_waves())
+    full = whisper.decode(feats, lens, max_new_tokens=64)
+    cut = whisper.decode(feats, lens, max_new_tokens=64, compression_ratio_threshold=2.4)
+    alone = [whisper.decode(feats[i : i + 1], lens[i : i + 1], max_new_tokens=64,
+                            compression_ratio_threshold=2.4)[0] for i in range(len(lens))]
+    assert all(h.tokens == 64 and h.compression_ratio > 2.4 for h in full)  # loops to the cap without it
+    assert [h.tokens for h in cut] == [LOOP_CHECK_FROM] * len(lens)
+    assert all(h.compression_ratio > 2.4 and f.text.startswith(h.text) for h, f in zip(cut, full))
+    states, prompt = whisper.decoder_memory(feats, lens), whisper.prompt_ids()
+    eot = whisper.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    with whisper._cross_attention_mask(states, lens):
+        rows, *_ = whisper._decode_loop(states, prompt, 64, 0.0, eot)
+        prefixes = [r[:LOOP_CHECK_FROM] for r in rows]
+        avg, _ = whisper._scores(states, prompt, prefixes, eot)  # teacher-forced over the kept tokens
+    assert [h.text for h in cut] == [t.strip() for t in whisper.tokenizer.batch_decode(prefixes, skip_special_tokens=True)]
+    np.testing.assert_allclose([h.avg_logprob for h in cut], avg, atol=1e-4)
+    assert [(h.text, round(h.avg_logprob, 4)) for h in cut] == [(h.text, round(h.avg_logprob, 4)) for h in alone]
+    sampled = [whisper.decode(feats, lens, temperature=1.0, best_of=2, max_new_tokens=40, seed=3,
+                              compression_ratio_threshold=r) for r in (None, 2.4)]
+    assert all(h.compression_ratio < 2.4 for h in sampled[0])
+    assert [h.text for h in sampled[0]] == [h.text for h in sampled[1]]
 
 
 def test_fallback_results_do_not_depend_on_the_batch(whisper):

@@ -33,7 +33,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as hf_logging
 
-from ..decoding import Hypothesis
+from ..decoding import Hypothesis, compression_ratio, likeliest
 from ..errors import AudioError, ModelNotFoundError, SpeechtlError
 from ._tokenizers import WHISPER_SPECIALS, byte_level_tokenizer
 from .base import EncoderOutput, layer_groups_by_prefix
@@ -41,6 +41,10 @@ from .registry import register_backbone, register_family
 
 HOP = 160  # mel hop length (samples at 16 kHz): 100 frames per second
 TIMESTAMP_STEP = 0.02  # seconds between Whisper's timestamp tokens
+# A decoding row is tested for a loop (its text's compression ratio) every LOOP_CHECK_EVERY tokens from
+# LOOP_CHECK_FROM on: below that a text is too short for zlib to find a repeat.
+LOOP_CHECK_FROM = 24
+LOOP_CHECK_EVERY = 8
 
 
 class WhisperBackbone(nn.Module):
@@ -284,6 +288,7 @@ class WhisperBackbone(nn.Module):
         seed: int = 0,
         score: bool = True,
         encoder_states: torch.Tensor | None = None,
+        compression_ratio_threshold: float | None = None,
     ) -> list[Hypothesis]:
         """One :class:`~speechtl.decoding.Hypothesis` per clip of log-mel ``(batch, n_mels, frames)``.
 
@@ -294,6 +299,10 @@ class WhisperBackbone(nn.Module):
         with one teacher-forced pass over the decoded tokens).
         ``encoder_states`` (from :meth:`decoder_memory`) skips the encoder: the fallback decodes a
         clip again without encoding it again.
+        ``compression_ratio_threshold`` (the fallback's): greedy and sampled rows whose text already
+        compresses above it stop there, as loops that would fail the fallback's test at any length, rather
+        than running to ``max_new_tokens``; of the samples, the likeliest below it is kept
+        (:func:`~speechtl.decoding.likeliest`).
         """
         states = encoder_states if encoder_states is not None else self.decoder_memory(inputs, lengths)
         n = states.shape[0]
@@ -311,7 +320,8 @@ class WhisperBackbone(nn.Module):
         with _quiet_transformers(), rng, self._cross_attention_mask(states, lengths):
             if sample or (beam_size == 1 and self._plain_generation()):
                 torch.manual_seed(seed)
-                seqs, avg, no_speech = self._decode_loop(states, prompt, new, temperature, eot)
+                seqs, avg, no_speech = self._decode_loop(states, prompt, new, temperature, eot,
+                                                         compression_ratio_threshold)
             else:  # beam search, or greedy under generation settings the loop does not apply
                 seqs = self._beam_search(states, prompt, new, beam_size, eot)
                 avg, no_speech = self._scores(states, prompt, seqs, eot) if score else (None, None)
@@ -323,10 +333,10 @@ class WhisperBackbone(nn.Module):
                 for t, a, p, s in zip(texts, avg, no_speech, seqs)]
         if not sample:
             return hyps
-        return [max(hyps[i * best_of : (i + 1) * best_of], key=lambda h: h.avg_logprob) for i in range(n)]
+        return [likeliest(hyps[i * best_of : (i + 1) * best_of], compression_ratio_threshold) for i in range(n)]
 
-    def _decode_loop(self, states: torch.Tensor, prompt: list[int], new: int, temperature: float, eot: int
-                     ) -> tuple[list[list[int]], list[float], list[float]]:
+    def _decode_loop(self, states: torch.Tensor, prompt: list[int], new: int, temperature: float, eot: int,
+                     loop_ratio: float | None = None) -> tuple[list[list[int]], list[float], list[float]]:
         """Greedy (``temperature`` 0) or sampled decoding of encoder states ``(batch, steps, d_model)``, one
         token a step with the key/value cache, scored as it goes.
 
@@ -334,6 +344,8 @@ class WhisperBackbone(nn.Module):
         the tokens, end-of-text included, / (text tokens + 1), as faster-whisper computes it; at temperature 1
         after the token suppression, the scale the thresholds are set on) and the no-speech probability after
         start-of-transcript. The scores come from the decoding pass itself: no second pass over the tokens.
+        With ``loop_ratio``, every ``LOOP_CHECK_EVERY`` tokens from ``LOOP_CHECK_FROM`` on, a row whose text
+        compresses above it stops (no end-of-text; its score is over the tokens it has).
         """
         n, device = states.shape[0], states.device
         decoder, proj = self.model.model.decoder, self.model.proj_out
@@ -367,6 +379,8 @@ class WhisperBackbone(nn.Module):
             total += logits.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1).masked_fill(done, 0.0)
             tokens.append(nxt)
             done |= nxt == eot
+            if loop_ratio is not None and step + 1 >= LOOP_CHECK_FROM and (step + 1) % LOOP_CHECK_EVERY == 0:
+                done |= self._looping(torch.stack(tokens, 1), done, loop_ratio)
             if bool(done.all()):
                 break
             ids = nxt[:, None]
@@ -374,6 +388,15 @@ class WhisperBackbone(nn.Module):
         seqs = [r[: r.index(eot) + 1] if eot in r else r for r in rows]
         avg = [t / (len(s) - (s[-1] == eot) + 1) for t, s in zip(total.tolist(), seqs)]
         return seqs, avg, no_speech.tolist()
+
+    def _looping(self, rows: torch.Tensor, done: torch.Tensor, ratio: float) -> torch.Tensor:
+        """Which of the rows still decoding ``(batch, tokens)`` hold a text compressing above ``ratio``."""
+        live = (~done).nonzero().flatten().tolist()
+        texts = self.tokenizer.batch_decode(rows[live].tolist(), skip_special_tokens=True)
+        out = torch.zeros_like(done)
+        for i, t in zip(live, texts):
+            out[i] = compression_ratio(t.strip()) > ratio
+        return out
 
     def _beam_search(self, states: torch.Tensor, prompt: list[int], new: int, beam_size: int, eot: int
                      ) -> list[list[int]]:
