@@ -286,6 +286,10 @@ def trained_short(runner, router, route) -> bool:
     return getattr(runner, "trained_short_clips", None) is True
 
 
+# Whisper's 30 s of log-mel frames: the encoder's 1500 positions, all of them taken, with no padding mask.
+FULL_FRAMES = 3000
+
+
 def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, short: bool | None) -> list[Hypothesis]:
     """Hypotheses for one batch of segments: features once, then decoding with the fallback.
 
@@ -293,6 +297,17 @@ def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, short: b
     """
     seq2seq = short is not None
     inputs, lengths = runner.prepare(waves, short_clips=short) if seq2seq else runner.prepare(waves)
+    if short and inputs.shape[-1] >= FULL_FRAMES and len(waves) > 1:
+        # A clip of the full 30 s gives the encoder all its positions, where no padding mask applies:
+        # the batch's shorter clips would attend to their zero fill. They are decoded apart from it.
+        full = [i for i, n in enumerate(lengths.tolist()) if n >= FULL_FRAMES - 1]
+        rest = [i for i in range(len(waves)) if i not in full]
+        if rest and full:
+            out: list[Hypothesis | None] = [None] * len(waves)
+            for group in (full, rest):
+                for i, h in zip(group, _decode_batch(runner, [waves[i] for i in group], opts, short)):
+                    out[i] = h
+            return out
     if torch.is_tensor(inputs):
         device = next(runner.parameters()).device
         inputs, lengths = inputs.to(device), lengths.to(device)

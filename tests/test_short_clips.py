@@ -105,6 +105,21 @@ def test_a_padded_short_batch_decodes_as_each_clip_alone(base_dir, waves, beam_s
     np.testing.assert_allclose([h.no_speech_prob for h in batch], [h.no_speech_prob for h in alone], atol=1e-4)
 
 
+def test_a_30s_clip_leaves_the_shorter_clips_of_its_short_batch_as_they_are_alone(base_dir):
+    """A 30-s clip takes all the encoder's positions, where no padding mask applies; the shorter clips sorted
+    into its batch must still decode as they do alone (and at their own length)."""
+    rng = np.random.default_rng(3)
+    waves = [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in (30.0, 1.2, 2.5)]
+    model = speechtl.create_backbone(base_dir)
+    batch = speechtl.transcribe(model, waves, decode_options=PLAIN, short_clips="on", batch_size=3,
+                                return_segments=True)
+    alone = [speechtl.transcribe(model, w, decode_options=PLAIN, short_clips="on", return_segments=True)[0]
+             for w in waves]
+    assert [t.text for t in batch] == [t.text for t in alone]
+    np.testing.assert_allclose([t.segments[0].avg_logprob for t in batch],
+                               [t.segments[0].avg_logprob for t in alone], atol=1e-4)
+
+
 def test_the_adapter_records_how_it_trained(adapters):
     assert json.loads((adapters["short"] / "adapter.json").read_text())["short_clips"] is True
     assert json.loads((adapters["padded"] / "adapter.json").read_text())["short_clips"] is False
