@@ -187,6 +187,30 @@ def test_a_looping_row_stops_once_its_text_fails_the_compression_test(whisper):
     assert [h.text for h in sampled[0]] == [h.text for h in sampled[1]]
 
 
+def test_the_sampler_draws_each_token_at_its_probability_and_never_a_suppressed_one():
+    from speechtl.backbones.whisper import sample
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[1.0, float("-inf"), 0.0, 2.0, float("-inf"), -1.0]]).repeat(40000, 1)
+    drawn = sample(logits, 0.7)
+    freq = torch.bincount(drawn, minlength=6).float() / len(drawn)
+    expected = (logits[0] / 0.7).softmax(-1)
+    assert freq[1] == 0 and freq[4] == 0
+    np.testing.assert_allclose(freq, expected, atol=0.01)
+    edge = torch.full((1, 6), float("-inf"))
+    edge[0, 5] = 0.0  # only the last token is possible
+    assert sample(edge, 1.0).tolist() == [5]
+
+
+def test_the_vocabulary_projection_is_the_linear_layer(whisper):
+    from speechtl.backbones.whisper import vocab_logits
+
+    hidden = torch.randn(3, whisper.model.config.d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(vocab_logits(whisper.model.proj_out, hidden), whisper.model.proj_out(hidden),
+                                   atol=1e-5, rtol=1e-5)
+
+
 def test_fallback_results_do_not_depend_on_the_batch(whisper):
     """The random model fails the log-probability threshold, so every clip goes through the fallback."""
     waves = _waves()

@@ -231,4 +231,4 @@ def test_whisper_tiny_en_fallback_samples_real_speech(spoken):
     out = speechtl.transcribe("whisper-tiny.en", spoken[:2], decode_options=opts, return_segments=True)
     assert all(t.segments[0].temperature > 0 for t in out)
     assert all("<|" not in t.text for t in out)
-    assert "fox" in out[0].text.lower() and "sells" in out[1].text.lower()
+    assert "fox" in out[0].text.lower() and "sea" in out[1].text.lower()  # words of the speech, not noise
