@@ -316,7 +316,8 @@ def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, short: b
 
     memory = runner.decoder_memory(inputs, lengths)  # encoded once; the fallback decodes from it again
 
-    # With the fallback on, a loop is decoded again anyway: stopping it at the threshold costs no result.
+    # With the fallback on, a loop fails the fallback's test and is decoded again: it stops at the threshold
+    # rather than running to the token limit (a clip that loops at every temperature keeps the shorter loop).
     loops = opts.compression_ratio_threshold if opts.fallback else None
 
     def decode(idx: Sequence[int], temperature: float) -> list[Hypothesis]:
