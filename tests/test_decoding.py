@@ -211,6 +211,27 @@ def test_the_vocabulary_projection_is_the_linear_layer(whisper):
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_a_wrapped_vocabulary_projection_runs_its_own_forward():
+    """An adapter on the output layer (a module wrapping it) must take part in decoding."""
+    whisper = speechtl.create_backbone("whisper-tiny-random")
+    token = 42  # a plain byte token, neither suppressed nor special
+
+    class Boost(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            out[..., token] += 100.0
+            return out
+
+    whisper.model.proj_out = Boost(whisper.model.proj_out)
+    feats, lens = whisper.prepare(_waves(2))
+    hyps = whisper.decode(feats, lens, max_new_tokens=6)
+    assert hyps[0].text == whisper.tokenizer.decode([token] * 6)
+
+
 def test_fallback_results_do_not_depend_on_the_batch(whisper):
     """The random model fails the log-probability threshold, so every clip goes through the fallback."""
     waves = _waves()
