@@ -114,9 +114,9 @@ def too_repetitive(h: Hypothesis, opts: DecodeOptions) -> bool:
 
 
 def likeliest(candidates: Sequence[Hypothesis], compression_ratio_threshold: float | None = None) -> Hypothesis:
-    """The sample to keep of one clip's ``best_of``: the likeliest whose text compresses no more than the
-    threshold (a loop is confident, so would win on likelihood alone and then fail the fallback's test),
-    else the likeliest of all."""
+    """The hypothesis to keep of several for one clip (its ``best_of`` samples, or every temperature's
+    result when all failed): the likeliest whose text compresses no more than the threshold (a loop is
+    confident, so would win on likelihood alone), else the likeliest of all."""
     ok = [h for h in candidates if compression_ratio_threshold is None
           or h.compression_ratio <= compression_ratio_threshold]
     return max(ok or candidates, key=lambda h: h.avg_logprob)
@@ -161,8 +161,7 @@ def decode_with_fallback(
             if not needs_fallback(h, opts):
                 break
         else:
-            pool = [x for x in tried if not too_repetitive(x, opts)] or tried
-            h = max(pool, key=lambda x: x.avg_logprob)
+            h = likeliest(tried, opts.compression_ratio_threshold)
         best[i] = h
     for h in best:
         if is_silence(h, opts):

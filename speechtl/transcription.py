@@ -297,12 +297,12 @@ def _decode_batch(runner, waves: list[np.ndarray], opts: DecodeOptions, short: b
     """
     seq2seq = short is not None
     inputs, lengths = runner.prepare(waves, short_clips=short) if seq2seq else runner.prepare(waves)
-    if short and inputs.shape[-1] >= FULL_FRAMES and len(waves) > 1:
+    if short:
         # A clip of the full 30 s gives the encoder all its positions, where no padding mask applies:
         # the batch's shorter clips would attend to their zero fill. They are decoded apart from it.
         full = [i for i, n in enumerate(lengths.tolist()) if n >= FULL_FRAMES - 1]
         rest = [i for i in range(len(waves)) if i not in full]
-        if rest and full:
+        if full and rest:
             out: list[Hypothesis | None] = [None] * len(waves)
             for group in (full, rest):
                 for i, h in zip(group, _decode_batch(runner, [waves[i] for i in group], opts, short)):

@@ -363,14 +363,13 @@ class WhisperBackbone(nn.Module):
         for step in range(new):
             out = decoder(input_ids=ids, encoder_hidden_states=states, past_key_values=cache, use_cache=True)
             cache, hidden = out.past_key_values, out.last_hidden_state
+            live = (~done).nonzero().flatten()  # finished rows are not projected (all rows at step 0)
             if step == 0 and no_speech_id is not None:
                 # After start-of-transcript and at the prompt's end in one product: the vocabulary
                 # projection costs its weights' reading, whatever the rows.
                 both = vocab_logits(proj, hidden[:, [0, -1]].reshape(2 * n, -1)).view(n, 2, -1)
                 no_speech, logits = both[:, 0].softmax(-1)[:, no_speech_id], both[:, 1]
-                live = torch.arange(n, device=device)
             else:
-                live = (~done).nonzero().flatten()  # finished rows are not projected
                 logits = vocab_logits(proj, hidden[live, -1])
             logits = logits.masked_fill(first if step == 0 else banned, float("-inf"))
             pick = sample(logits, temperature) if temperature > 0 else logits.argmax(-1)
