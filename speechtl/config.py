@@ -119,6 +119,9 @@ class DataConfig:
     # "short-context": the adapted model reading each clip unpadded learns the base model's outputs at
     # 30 s (speechtl.short_context), e.g. on native speech, so the base route can decode short too.
     objective: Literal["transcripts", "short-context"] = "transcripts"
+    # objective=short-context: the tokens the decoder is forced along. "transcripts": the manifest's;
+    # "teacher": the base model's own 30-s transcripts, decoded once before training (no text needed).
+    distill_targets: Literal["transcripts", "teacher"] = "transcripts"
     normalizer: Literal["whisper", "basic", "none"] = "whisper"
     # Forgetting control (speechtl.replay): a manifest of source/native speech whose train (or
     # unsplit) lines are mixed into the batches and whose dev lines measure forgetting at each evaluation.
@@ -186,7 +189,7 @@ _SPECAUG = ("specaug", "specaug_freq_masks", "specaug_freq_width", "specaug_time
 _REPLAY = ("replay_manifest", "replay_fraction", "distill_weight", "distill_temperature")
 TASK_DATA_KEYS: dict[str, tuple[str, ...]] = {
     "asr": (*_SPEECH_DATA, "short_clips", *_SPECAUG, "beam_size", "dev_short_clips", "normalizer", "timestamp_share",
-            "objective", *_REPLAY),
+            "objective", "distill_targets", *_REPLAY),
     "speech-classify": (*_SPEECH_DATA, "short_clips", *_SPECAUG),
     "accent-id": _SPEECH_DATA,
     "classify": ("batch_size", "num_workers"),

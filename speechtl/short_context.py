@@ -13,6 +13,14 @@ There is no cross-entropy on the transcripts: the student learns the base model'
 not the transcripts', so an adapter trained this way on native speech keeps the base model's
 WER while it decodes short.
 
+With ``distill_targets=teacher`` the tokens the decoder is forced along are the base model's own
+30-s transcripts (:func:`teacher_transcripts`, decoded once before training) rather than the
+manifest's: sequence-level distillation. The student then learns the teacher's distributions on
+the paths the teacher takes when it decodes, which is what short decoding must reproduce; where
+the teacher misreads a clip (accented or noisy speech), a reference transcript would force both
+models through states neither visits at inference. The manifest's text is not used, so unlabelled
+audio serves as well, and dev WER becomes the student's disagreement with the teacher.
+
 ``speechtl-adapt --method lora objective=short-context`` trains it; the adapter records
 ``short_clips: true``, so ``speechtl-transcribe --adapter DIR`` decodes short by default, and
 ``--adapters base=DIR`` makes it the base route of accent routing.
@@ -20,6 +28,8 @@ WER while it decodes short.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -54,6 +64,12 @@ class ShortContextTask(WrappedTask):
         self._backbone = backbone
         self._teacher = BaseTeacher(model)
 
+    def teacher_targets(self, utts: Sequence[Any], *, progress: bool = False) -> list[Any]:
+        """:func:`teacher_transcripts` of ``utts`` by the base model (the adapters switched off)."""
+        device = next(self._backbone.parameters()).device
+        with torch.no_grad(), self._teacher(device) as teacher:
+            return teacher_transcripts(teacher, utts, progress=progress)
+
     def collate(self, items: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         batch = self.task.collate(items, **kwargs)
         padded = padded_teacher_inputs(self.task, self._backbone, items, batch["inputs"])
@@ -72,3 +88,28 @@ class ShortContextTask(WrappedTask):
         with torch.no_grad(), self._teacher(inputs.device) as teacher:
             t_logits, _ = teacher.logits(teacher_inputs.to(inputs.device), lengths, texts, spans)
         return distillation_kl(s_logits, t_logits, targets != -100, self.temperature)
+
+
+def teacher_transcripts(backbone: nn.Module, utts: Sequence[Any], *, batch_size: int = 8, chunk: int = 256,
+                        progress: bool = False) -> list[Any]:
+    """Per utterance, a copy whose text is ``backbone``'s transcript at 30 s, or None where that is empty.
+
+    ``backbone`` is the base model, before any adapter is added. Decoding is :func:`speechtl.transcribe`'s
+    (greedy with the temperature fallback, every clip padded to 30 s), ``chunk`` clips read at a time.
+    """
+    import dataclasses
+
+    from .data.loader import AudioDataset
+    from .transcription import transcribe
+
+    data = AudioDataset(utts, backbone.sample_rate)
+    out: list[Any] = []
+    for start in range(0, len(utts), chunk):
+        idx = range(start, min(start + chunk, len(utts)))
+        texts = transcribe(backbone, [data[i]["audio"] for i in idx], batch_size=batch_size, short_clips="off",
+                           progress=False)
+        out += [dataclasses.replace(utts[i], text=t) if t.strip() else None for i, t in zip(idx, texts)]
+        if progress:
+            print(f"short-context targets: the base model transcribed {idx.stop}/{len(utts)} clips at 30 s",
+                  file=sys.stderr)
+    return out

@@ -135,6 +135,42 @@ def test_the_recipe_trains_the_objective_and_dev_decodes_unpadded(tone_manifest,
     assert load_config(tmp_path / "run" / "config.yaml").data.objective == "short-context"
 
 
+def test_teacher_targets_are_the_base_models_30s_transcripts_and_need_no_text(tone_manifest, tmp_path):
+    lines = [("", "A", "train"), ("", "A", "train"), ("", "A", "train"), ("", "A", "dev")]  # unlabelled audio
+    manifest = tone_manifest(lines)
+    clips = [str(tmp_path / f"u{i}.wav") for i in range(len(lines))]
+    expected = speechtl.transcribe(_backbone(), clips, short_clips="off", progress=False)
+    assert all(expected)  # the randomised model says something on each clip
+    cfg = load_config(None, ["progress=false", "objective=short-context", "distill_targets=teacher", "max_steps=2",
+                             "eval_every=2"], method="lora")
+    built = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg, backbone=_backbone())
+    train = built.loader.dataset.utts
+    assert [u.text for u in train] == expected[:3]
+    assert built.summary["dev_utterances"] == 1  # scored against the base model's transcript of it
+    result = recipes.execute(built, tmp_path / "run")
+    assert np.isfinite(json.loads((tmp_path / "run" / "result.json").read_text())["last_eval"]["wer"])
+    assert result.adapter is not None
+
+
+def test_teacher_targets_leave_out_clips_the_base_model_transcribes_as_empty(monkeypatch, tone_manifest, tmp_path):
+    manifest = _manifest(tone_manifest)
+
+    def silent_first(backbone, waves, **kw):  # the base model hears nothing in the first clip
+        return ["" if i == 0 else f"clip {i}" for i in range(len(waves))]
+
+    monkeypatch.setattr("speechtl.transcription.transcribe", silent_first)
+    cfg = load_config(None, ["progress=false", "objective=short-context", "distill_targets=teacher"], method="lora")
+    built = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg)
+    assert [u.id for u in built.loader.dataset.utts] == ["u1", "u2"]
+    assert [u.text for u in built.loader.dataset.utts] == ["clip 1", "clip 2"]
+
+
+def test_teacher_targets_need_the_short_context_objective(tone_manifest):
+    cfg = load_config(None, ["progress=false", "distill_targets=teacher"], method="lora")
+    with pytest.raises(SpeechtlError, match="applies to objective=short-context"):
+        recipes.build(recipes.RunInputs("whisper-tiny-random", str(_manifest(tone_manifest))), cfg)
+
+
 @pytest.mark.parametrize("keys, model, message", [
     (["short_clips=false"], "whisper-tiny-random", "set short_clips=true"),
     ([], "wav2vec2-tiny-random", "use objective=transcripts"),

@@ -100,6 +100,23 @@ def replay_utterances(d, classification: bool) -> tuple[list, list]:
     return train, dev
 
 
+def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, rank: int) -> tuple[list, list, list]:
+    """``objective=short-context distill_targets=teacher``: train and dev utterances with the base model's
+    30-s transcripts as their text (with the training durations); clips it transcribes as empty are left out."""
+    n = len(train_utts)
+    labelled = task.teacher_targets([*train_utts, *dev_utts], progress=rank == 0)
+    kept = [i for i in range(n) if labelled[i] is not None]
+    if not kept:
+        raise SpeechtlError("distill_targets=teacher: the base model transcribes every training clip as empty "
+                            "(silence?); train on speech")
+    dropped = len(labelled) - sum(u is not None for u in labelled)
+    if dropped and rank == 0:
+        print(f"distill_targets=teacher: {dropped} clip(s) the base model transcribes as empty are left out",
+              file=sys.stderr)
+    return ([labelled[i] for i in kept], [durations[i] for i in kept],
+            [u for u in labelled[n:] if u is not None])
+
+
 def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0) -> Run:
     from torch.utils.data import DataLoader
 
@@ -109,8 +126,10 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
     from ..transfer import adapt
 
     d = cfg.data
-    # Speech recognition trains on transcripts: an empty one is a manifest error, with its line.
-    train_utts, dev_utts = utterances(inputs, require_text=data_task(cfg) == "asr")
+    # Speech recognition trains on transcripts: an empty one is a manifest error, with its line. With
+    # distill_targets=teacher the base model's transcripts replace them, so unlabelled audio is accepted.
+    labelled = data_task(cfg) == "asr" and d.distill_targets != "teacher"
+    train_utts, dev_utts = utterances(inputs, require_text=labelled)
     train_utts, durations = drop_long(train_utts, durations_of(train_utts), d.max_clip_seconds)
 
     if hasattr(backbone, "short_clips"):
@@ -129,6 +148,11 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
             raise SpeechtlError("objective=short-context already distils every training clip towards the base "
                                 "model; leave replay_manifest unset (put the native speech in the training manifest)")
         task = ShortContextTask(task, model, temperature=d.distill_temperature)
+        if d.distill_targets == "teacher":
+            train_utts, durations, dev_utts = _teacher_targets(task, train_utts, durations, dev_utts, rank)
+    elif d.distill_targets == "teacher":
+        raise SpeechtlError("distill_targets=teacher applies to objective=short-context; set that objective "
+                            "or remove the key")
     train_cfg = cfg.train
     if classification and train_cfg.metric == "wer":
         train_cfg = dataclasses.replace(train_cfg, metric="error")
