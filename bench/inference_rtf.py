@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import statistics
 import sys
 import time
@@ -72,7 +73,9 @@ TARGET = "Mandarin-L1"
 LORA_KEYS = ["lr=3e-4", "warmup_steps=10", "batch_seconds=40", "seed=0", "max_steps=180", "eval_every=60"]
 # The short-context objective on native speech: Whisper's LoRA defaults otherwise (every linear layer, rank 4, lr 1e-3);
 # train_short_context() adds the steps.
-SHORT_CONTEXT_KEYS = ["objective=short-context", "specaug=false", "batch_seconds=40", "seed=0"]
+# The decoder is forced along the base model's own 30-s transcripts (distill_targets=teacher), not the references.
+SHORT_CONTEXT_KEYS = ["objective=short-context", "distill_targets=teacher", "specaug=false", "batch_seconds=40",
+                      "seed=0"]
 NATIVE_ACCENTS = ["us", "gb", "scottish"]
 MODELS = ("base", "adapted", "short_context")
 MAX_NEW_TOKENS = 128
@@ -334,11 +337,15 @@ def train_short_context(work: Path, steps: int, train_speech: list) -> tuple[Pat
     manifest = work / "short-context.jsonl"
     write_manifest([u for u in synth if u.split in ("train", "dev")] + real, manifest)
     keys = [*SHORT_CONTEXT_KEYS, f"max_steps={steps}", f"eval_every={max(1, steps // 3)}"]
-    adapter, seconds = train_adapter(work, manifest, name=f"short_context{steps}", keys=keys, target_accent=None)
+    tag = hashlib.sha1(" ".join(keys).encode()).hexdigest()[:8]  # other keys train another adapter
+    adapter, seconds = train_adapter(work, manifest, name=f"short_context{steps}-{tag}", keys=keys,
+                                     target_accent=None)
     n = {s: sum(u.split == s for u in synth) for s in ("train", "dev")}
     return adapter, seconds, {"keys": keys, "train": f"{n['train']} synthetic native clips "
-                              f"({', '.join(NATIVE_ACCENTS)}) and {len(real)} speechocean762 train-speaker clips; "
-                              f"{n['dev']} synthetic dev clips of other pseudo-speakers choose the checkpoint"}
+                              f"({', '.join(NATIVE_ACCENTS)}) and {len(real)} speechocean762 train-speaker clips, "
+                              "the base model's 30-s transcripts as targets; "
+                              f"{n['dev']} synthetic dev clips of other pseudo-speakers choose the checkpoint "
+                              "(disagreement with the base model's transcripts)"}
 
 
 def deploy_data(work: Path) -> tuple[dict[str, list], str, Path]:
@@ -443,7 +450,7 @@ def main() -> int:
         sc_adapter, sc_seconds, sc_info = train_short_context(work, args.short_context_steps, splits["train"])
         sc_info.update({"path": str(sc_adapter), "adapt_seconds": None if sc_seconds is None else round(sc_seconds, 1)})
         adapters["short_context"] = sc_adapter
-        folders["short_context"] = _exports(work, sc_adapter, f"short_context{args.short_context_steps}")
+        folders["short_context"] = _exports(work, sc_adapter, sc_adapter.parent.name)
 
     clips = [{**r, "set": "speechocean762_test"} for r in utterance_records(splits["test"])]
     clips += [{**r, "set": "real_vctk_ljspeech"} for r in utterance_records(real_test_set())]
