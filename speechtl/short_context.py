@@ -28,6 +28,7 @@ audio serves as well, and dev WER becomes the student's disagreement with the te
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -94,11 +95,10 @@ def teacher_transcripts(backbone: nn.Module, utts: Sequence[Any], *, batch_size:
                         progress: bool = False) -> list[Any]:
     """Per utterance, a copy whose text is ``backbone``'s transcript at 30 s, or None where that is empty.
 
-    ``backbone`` is the base model, before any adapter is added. Decoding is :func:`speechtl.transcribe`'s
-    (greedy with the temperature fallback, every clip padded to 30 s), ``chunk`` clips read at a time.
+    ``backbone`` is the base model (a backbone whose adapters are switched off serves). Decoding is
+    :func:`speechtl.transcribe`'s (greedy with the temperature fallback, every clip padded to 30 s), ``chunk``
+    clips read at a time.
     """
-    import dataclasses
-
     from .data.loader import AudioDataset
     from .transcription import transcribe
 
