@@ -146,7 +146,7 @@ def test_teacher_targets_are_the_base_models_30s_transcripts_and_need_no_text(to
     built = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg, backbone=_backbone())
     train = built.loader.dataset.utts
     assert [u.text for u in train] == expected[:3]
-    assert built.summary["dev_utterances"] == 1  # scored against the base model's transcript of it
+    assert built.summary["dev_utterances"] == 1
     result = recipes.execute(built, tmp_path / "run")
     assert np.isfinite(json.loads((tmp_path / "run" / "result.json").read_text())["last_eval"]["wer"])
     assert result.adapter is not None
@@ -155,14 +155,15 @@ def test_teacher_targets_are_the_base_models_30s_transcripts_and_need_no_text(to
 def test_teacher_targets_leave_out_clips_the_base_model_transcribes_as_empty(monkeypatch, tone_manifest, tmp_path):
     manifest = _manifest(tone_manifest)
 
-    def silent_first(backbone, waves, **kw):  # the base model hears nothing in the first clip
-        return ["" if i == 0 else f"clip {i}" for i in range(len(waves))]
+    def silent(backbone, waves, **kw):  # the base model hears nothing in the first and the last (dev) clip
+        return ["" if i in (0, 3) else f"clip {i}" for i in range(len(waves))]
 
-    monkeypatch.setattr("speechtl.transcription.transcribe", silent_first)
+    monkeypatch.setattr("speechtl.transcription.transcribe", silent)
     cfg = load_config(None, ["progress=false", "objective=short-context", "distill_targets=teacher"], method="lora")
     built = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg)
     assert [u.id for u in built.loader.dataset.utts] == ["u1", "u2"]
     assert [u.text for u in built.loader.dataset.utts] == ["clip 1", "clip 2"]
+    assert built.summary["dev_utterances"] == 0  # the dev line went through the base model too
 
 
 def test_teacher_targets_need_the_short_context_objective(tone_manifest):
