@@ -120,7 +120,7 @@ class DataConfig:
     # 30 s (speechtl.short_context), e.g. on native speech, so the base route can decode short too.
     objective: Literal["transcripts", "short-context"] = "transcripts"
     # objective=short-context: the tokens the decoder is forced along. "transcripts": the manifest's;
-    # "teacher": the base model's own 30-s transcripts, decoded once before training (no text needed).
+    # "teacher": the base model's own 30-s transcripts, decoded once before training (text may be empty).
     distill_targets: Literal["transcripts", "teacher"] = "transcripts"
     normalizer: Literal["whisper", "basic", "none"] = "whisper"
     # Forgetting control (speechtl.replay): a manifest of source/native speech whose train (or

@@ -19,7 +19,8 @@ manifest's: sequence-level distillation. The student then learns the teacher's d
 the paths the teacher takes when it decodes, which is what short decoding must reproduce; where
 the teacher misreads a clip (accented or noisy speech), a reference transcript would force both
 models through states neither visits at inference. The manifest's text is not used, so unlabelled
-audio serves as well, and dev WER becomes the student's disagreement with the teacher.
+audio (lines whose ``text`` is empty) serves as well, and dev WER becomes the student's
+disagreement with the teacher.
 
 ``speechtl-adapt --method lora objective=short-context`` trains it; the adapter records
 ``short_clips: true``, so ``speechtl-transcribe --adapter DIR`` decodes short by default, and
