@@ -100,11 +100,13 @@ def replay_utterances(d, classification: bool) -> tuple[list, list]:
     return train, dev
 
 
-def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, rank: int) -> tuple[list, list, list]:
+def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, rank: int, progress: bool
+                     ) -> tuple[list, list, list]:
     """``objective=short-context distill_targets=teacher``: train and dev utterances with the base model's
-    30-s transcripts as their text (with the training durations); clips it transcribes as empty are left out."""
+    30-s transcripts as their text (with the training durations); clips it transcribes as empty are left out.
+    ``progress``: report the teacher's pass on stderr (rank 0 only), as the run's ``progress`` key says."""
     n = len(train_utts)
-    labelled = task.teacher_targets([*train_utts, *dev_utts], progress=rank == 0)
+    labelled = task.teacher_targets([*train_utts, *dev_utts], progress=progress and rank == 0)
     kept = [i for i in range(n) if labelled[i] is not None]
     if not kept:
         raise SpeechtlError("distill_targets=teacher: the base model transcribes every training clip as empty "
@@ -149,7 +151,8 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
                                 "model; leave replay_manifest unset (put the native speech in the training manifest)")
         task = ShortContextTask(task, model, temperature=d.distill_temperature)
         if d.distill_targets == "teacher":
-            train_utts, durations, dev_utts = _teacher_targets(task, train_utts, durations, dev_utts, rank)
+            train_utts, durations, dev_utts = _teacher_targets(task, train_utts, durations, dev_utts, rank,
+                                                               cfg.train.progress)
     elif d.distill_targets == "teacher":
         raise SpeechtlError("distill_targets=teacher applies to objective=short-context; set that objective "
                             "or remove the key")
