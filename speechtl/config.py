@@ -120,7 +120,8 @@ class DataConfig:
     # 30 s (speechtl.short_context), e.g. on native speech, so the base route can decode short too.
     objective: Literal["transcripts", "short-context"] = "transcripts"
     # objective=short-context: the tokens the decoder is forced along. "transcripts": the manifest's;
-    # "teacher": the base model's own 30-s transcripts, decoded once before training (text may be empty).
+    # "teacher": the base model's own 30-s transcripts, decoded once before training (text may be empty)
+    # and kept in the run folder (teacher_targets/), so --resume reads them back.
     distill_targets: Literal["transcripts", "teacher"] = "transcripts"
     normalizer: Literal["whisper", "basic", "none"] = "whisper"
     # Forgetting control (speechtl.replay): a manifest of source/native speech whose train (or

@@ -22,6 +22,9 @@ models through states neither visits at inference. The manifest's text is not us
 audio (lines whose ``text`` is empty) serves as well, and dev WER becomes the student's
 disagreement with the teacher.
 
+The run folder keeps those transcripts (``teacher_targets/``, with checksums), so ``--resume``
+reads them back instead of decoding every clip again.
+
 ``speechtl-adapt --method lora objective=short-context`` trains it; the adapter records
 ``short_clips: true``, so ``speechtl-transcribe --adapter DIR`` decodes short by default, and
 ``--adapters base=DIR`` makes it the base route of accent routing.
@@ -30,14 +33,19 @@ disagreement with the teacher.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .checksums import verify_checksums, write_checksums
 from .errors import SpeechtlError
+from .fileio import atomic_replace_dir, staging_dir
 from .replay import BaseTeacher, WrappedTask, distillation_kl, padded_teacher_inputs
 
 
@@ -114,3 +122,38 @@ def teacher_transcripts(backbone: nn.Module, utts: Sequence[Any], *, batch_size:
             print(f"short-context targets: the base model transcribed {idx.stop}/{len(utts)} clips at 30 s",
                   file=sys.stderr)
     return out
+
+
+TEACHER_TARGETS = "teacher_targets"  # the run folder's record of the teacher's transcripts
+_TARGETS_FILE = "targets.jsonl"
+_KIND = "teacher-targets"
+
+
+def save_teacher_targets(run_dir: str | os.PathLike, *, utts: Sequence[Any], labelled: Sequence[Any]) -> None:
+    """Write ``labelled`` (:func:`teacher_transcripts` of ``utts``) into ``run_dir/teacher_targets`` with its
+    checksums, in one rename."""
+    folder = Path(run_dir) / TEACHER_TARGETS
+    rows = [{"id": u.id, "audio": u.audio, "offset": u.offset, "text": None if v is None else v.text}
+            for u, v in zip(utts, labelled, strict=True)]
+    with staging_dir(folder) as tmp:
+        (tmp / _TARGETS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_checksums(tmp, kind=_KIND)
+        atomic_replace_dir(tmp, folder, overwrite=True)
+
+
+def load_teacher_targets(run_dir: str | os.PathLike, utts: Sequence[Any]) -> list[Any] | None:
+    """What :func:`save_teacher_targets` kept in ``run_dir`` for ``utts``, as :func:`teacher_transcripts` returns it.
+
+    None when ``run_dir`` has no ``teacher_targets`` folder, or one of other clips (their ids, files or
+    offsets differ). A record that was modified or truncated is an error.
+    """
+    folder = Path(run_dir) / TEACHER_TARGETS
+    if not folder.exists():
+        return None
+    verify_checksums(folder, lambda detail: SpeechtlError(
+        f"{folder}: the base model's saved transcripts were modified or truncated ({detail}); remove that "
+        "folder and resume again (the base model then transcribes the clips anew)"), kind=_KIND)
+    rows = [json.loads(line) for line in (folder / _TARGETS_FILE).read_text(encoding="utf-8").splitlines()]
+    if [(r["id"], r["audio"], r["offset"]) for r in rows] != [(u.id, u.audio, u.offset) for u in utts]:
+        return None
+    return [None if r["text"] is None else dataclasses.replace(u, text=r["text"]) for u, r in zip(utts, rows)]

@@ -166,6 +166,45 @@ def test_teacher_targets_leave_out_clips_the_base_model_transcribes_as_empty(mon
     assert built.summary["dev_utterances"] == 0  # the dev line went through the base model too
 
 
+def test_a_resumed_run_reads_the_teacher_targets_back_unless_its_clips_changed(monkeypatch, tone_manifest, tmp_path):
+    calls = []
+
+    def teacher(backbone, waves, **kw):
+        calls.append(len(waves))
+        return ["" if i == 0 else f"pass {len(calls)} clip {i}" for i in range(len(waves))]
+
+    monkeypatch.setattr("speechtl.transcription.transcribe", teacher)
+    manifest, out = _manifest(tone_manifest), tmp_path / "run"
+    keys = ["progress=false", "objective=short-context", "distill_targets=teacher", "max_steps=1", "eval_every=1"]
+    cfg = load_config(None, keys, method="lora")
+    recipes.execute(recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg), out)
+    assert calls == [4]
+    resumed = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg, resume_dir=out)
+    assert calls == [4]  # read back, not decoded again: the same texts, the empty clip still left out
+    assert [(u.id, u.text) for u in resumed.loader.dataset.utts] == [("u1", "pass 1 clip 1"), ("u2", "pass 1 clip 2")]
+    assert resumed.summary["dev_utterances"] == 1 and resumed.save_state is None
+    # Other clips (a line more) are transcribed again, and the new transcripts replace the old.
+    grown = tone_manifest([("hello there", "A", "train"), ("yes sir", "A", "train"), ("go home", "A", "train"),
+                           ("go on", "A", "train"), ("no way", "A", "dev")])
+    again = recipes.build(recipes.RunInputs("whisper-tiny-random", str(grown)), cfg, resume_dir=out)
+    assert calls == [4, 5] and [u.text for u in again.loader.dataset.utts][-1] == "pass 2 clip 3"
+    again.save_state(out)
+    assert len(recipes.build(recipes.RunInputs("whisper-tiny-random", str(grown)), cfg,
+                             resume_dir=out).loader.dataset.utts) == 3 and calls == [4, 5]
+
+
+def test_tampered_teacher_targets_are_an_error_on_resume(monkeypatch, tone_manifest, tmp_path):
+    monkeypatch.setattr("speechtl.transcription.transcribe", lambda b, waves, **kw: ["a b"] * len(waves))
+    manifest, out = _manifest(tone_manifest), tmp_path / "run"
+    cfg = load_config(None, ["progress=false", "objective=short-context", "distill_targets=teacher", "max_steps=1",
+                             "eval_every=1"], method="lora")
+    recipes.execute(recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg), out)
+    saved = out / "teacher_targets" / "targets.jsonl"
+    saved.write_text(saved.read_text().replace('"a b"', '"a c"'))
+    with pytest.raises(SpeechtlError, match="teacher_targets: the base model's saved transcripts were modified"):
+        recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg, resume_dir=out)
+
+
 def test_teacher_targets_need_the_short_context_objective(tone_manifest):
     cfg = load_config(None, ["progress=false", "distill_targets=teacher"], method="lora")
     with pytest.raises(SpeechtlError, match="applies to objective=short-context"):

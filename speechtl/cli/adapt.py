@@ -2,7 +2,8 @@
 
 Writes into --out: config.yaml (the resolved config), run.json (inputs and what trains),
 metrics.jsonl (training log), checkpoints/ (last and best, for --resume), adapter/ (only the
-trained weights; LoRA also in peft's format) and result.json; prints the final dev WER.
+trained weights; LoRA also in peft's format) and result.json; with distill_targets=teacher also
+teacher_targets/ (the base model's transcripts, for --resume). Prints the final dev WER.
 
 Config keys (see --help-config) come from --config YAML, then key=value arguments, e.g.
 ``speechtl-adapt --model whisper-tiny.en --train train.jsonl --dev dev.jsonl --method lora

@@ -60,7 +60,8 @@ def build(inputs: RunInputs, cfg: RunConfig, *, task: str = "auto", backbone=Non
           resume_dir: str | os.PathLike | None = None) -> Run:
     """Create the backbone (unless given), apply the task's recipe defaults, check the keys, wire the run.
 
-    With ``resume_dir`` the resolved config must match the interrupted run's saved one.
+    With ``resume_dir`` the resolved config must match the interrupted run's saved one, and what that run
+    saved for a resumed one (:attr:`Run.save_state`) is read back.
     """
     from ..backbones import create_backbone
     from ..training import seed_everything
@@ -77,11 +78,14 @@ def build(inputs: RunInputs, cfg: RunConfig, *, task: str = "auto", backbone=Non
     check_applicable(cfg, task=data_task, head=head_kind(cfg, backbone, name))
     if resume_dir is not None:
         check_resume_config(Path(resume_dir), cfg)
-    return recipe.build(inputs, cfg, backbone, world=world, rank=rank)
+    # Only speech recognition saves state that a resumed run reads back (the teacher's transcripts).
+    resumed = {"resume_dir": Path(resume_dir)} if name == "asr" and resume_dir is not None else {}
+    return recipe.build(inputs, cfg, backbone, world=world, rank=rank, **resumed)
 
 
 def execute(run: Run, out: str | os.PathLike, *, resume: bool = False, world: int = 1, rank: int = 0) -> RunResult:
-    """Train ``run`` into ``out``: config.yaml, run.json, metrics.jsonl, checkpoints/, adapter/, result.json.
+    """Train ``run`` into ``out``: config.yaml, run.json, metrics.jsonl, checkpoints/, adapter/, result.json
+    (and what ``run.save_state`` writes).
 
     ``out`` must have been prepared (:func:`prepare_out`). Only rank 0 writes; other ranks return
     after training with ``adapter`` None.
@@ -98,6 +102,8 @@ def execute(run: Run, out: str | os.PathLike, *, resume: bool = False, world: in
                 "summary": model.summary(), "trainable_parameters": model.num_trainable(),
                 "total_parameters": model.num_parameters()}
         atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
+    if rank == 0 and run.save_state is not None:
+        run.save_state(out)
     result = train(model, run.task, run.loader, dev_fn=run.dev_fn, config=run.train_config, out_dir=out,
                    resume=resume)
     if rank != 0:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
@@ -100,13 +102,27 @@ def replay_utterances(d, classification: bool) -> tuple[list, list]:
     return train, dev
 
 
-def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, rank: int, progress: bool
-                     ) -> tuple[list, list, list]:
+def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, rank: int, progress: bool,
+                     resume_dir: Path | None) -> tuple[list, list, list, Callable[[Path], None] | None]:
     """``objective=short-context distill_targets=teacher``: train and dev utterances with the base model's
     30-s transcripts as their text (with the training durations); clips it transcribes as empty are left out.
-    ``progress``: report the teacher's pass on stderr (rank 0 only), as the run's ``progress`` key says."""
-    n = len(train_utts)
-    labelled = task.teacher_targets([*train_utts, *dev_utts], progress=progress and rank == 0)
+
+    A resumed run reads the transcripts back from its folder (``teacher_targets/``) when they are of the
+    same clips. The fourth value writes freshly decoded ones there (:attr:`Run.save_state`), else None.
+    ``progress``: report the teacher's pass on stderr (rank 0 only), as the run's ``progress`` key says.
+    """
+    from ..short_context import TEACHER_TARGETS, load_teacher_targets, save_teacher_targets
+
+    n, utts = len(train_utts), [*train_utts, *dev_utts]
+    labelled = load_teacher_targets(resume_dir, utts) if resume_dir is not None else None
+    if labelled is not None:
+        save = None
+        if rank == 0:
+            print(f"distill_targets=teacher: the base model's transcripts of {len(utts)} clips are read back from "
+                  f"{resume_dir / TEACHER_TARGETS}", file=sys.stderr)
+    else:
+        labelled = task.teacher_targets(utts, progress=progress and rank == 0)
+        save = functools.partial(save_teacher_targets, utts=utts, labelled=labelled)
     kept = [i for i in range(n) if labelled[i] is not None]
     if not kept:
         raise SpeechtlError("distill_targets=teacher: the base model transcribes every training clip as empty "
@@ -116,10 +132,12 @@ def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, ra
         print(f"distill_targets=teacher: {dropped} clip(s) the base model transcribes as empty are left out",
               file=sys.stderr)
     return ([labelled[i] for i in kept], [durations[i] for i in kept],
-            [u for u in labelled[n:] if u is not None])
+            [u for u in labelled[n:] if u is not None], save)
 
 
-def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0) -> Run:
+def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0,
+          resume_dir: Path | None = None) -> Run:
+    """Wire a speech recognition run; ``resume_dir``: the folder of the run it continues (what it saved is reused)."""
     from torch.utils.data import DataLoader
 
     from ..data.loader import AudioDataset, DurationBatchSampler, augmentation, durations_of
@@ -143,6 +161,7 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
                if d.specaug else None)
     task = task_for(model, specaug=specaug, timestamp_share=d.timestamp_share, seed=cfg.train.seed)
     classification = isinstance(task, ClassificationTask)
+    save_state = None
     if d.objective == "short-context":
         from ..short_context import ShortContextTask
 
@@ -151,8 +170,8 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
                                 "model; leave replay_manifest unset (put the native speech in the training manifest)")
         task = ShortContextTask(task, model, temperature=d.distill_temperature)
         if d.distill_targets == "teacher":
-            train_utts, durations, dev_utts = _teacher_targets(task, train_utts, durations, dev_utts, rank,
-                                                               cfg.train.progress)
+            train_utts, durations, dev_utts, save_state = _teacher_targets(
+                task, train_utts, durations, dev_utts, rank, cfg.train.progress, resume_dir)
     elif d.distill_targets == "teacher":
         raise SpeechtlError("distill_targets=teacher applies to objective=short-context; set that objective "
                             "or remove the key")
@@ -202,4 +221,4 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
     summary = {"train_utterances": len(train_utts), "train_hours": round(sum(durations) / 3600, 4),
                "dev_utterances": len(dev_utts), "replay_utterances": len(replay_train),
                "replay_dev_utterances": len(replay_dev)}
-    return Run("asr", inputs, cfg, model, task, loader, dev_fn, train_cfg, summary)
+    return Run("asr", inputs, cfg, model, task, loader, dev_fn, train_cfg, summary, save_state=save_state)

@@ -34,7 +34,9 @@ class Run:
     """A training run wired by a recipe, ready for :func:`speechtl.training.train`.
 
     ``after_training(out)`` scores what the run promises beyond its dev metric (accent-id's
-    confusion matrix); it returns an object with ``format_table()``, or None.
+    confusion matrix); it returns an object with ``format_table()``, or None. ``save_state(out)``
+    writes into the run folder, before training, what a resumed run reads back instead of computing
+    it again (the base model's transcripts of ``distill_targets=teacher``).
     """
 
     recipe: str
@@ -47,6 +49,7 @@ class Run:
     train_config: TrainConfig
     summary: dict[str, Any] = field(default_factory=dict)
     after_training: Callable[[Path], Any] | None = None
+    save_state: Callable[[Path], None] | None = None
 
 
 @dataclass
