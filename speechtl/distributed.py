@@ -39,15 +39,25 @@ def setup_distributed(device: str | None = None) -> DistInfo:
         dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
         owns = True
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    dev = run_device(device, rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return DistInfo(rank, world, dev, owns)
+
+
+def run_device(device: str | None = None, rank: int | None = None) -> torch.device:
+    """The device a process of the run computes on: ``device`` (plain ``"cuda"``: its local GPU), or by
+    default its local GPU when CUDA is available, else the CPU. The local GPU is ``LOCAL_RANK``'s, else
+    ``rank``'s (default: ``RANK``, as torchrun sets it before the process group exists)."""
+    if rank is None:
+        rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", rank))
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dev.type == "cuda":
-        if dev.index is None:  # plain "cuda": this process's local GPU
-            dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    return DistInfo(rank, world, dev, owns)
+    if dev.type == "cuda" and dev.index is None:  # plain "cuda": this process's local GPU
+        dev = torch.device("cuda", local)
+    return dev
 
 
 def autocast_context(

@@ -74,8 +74,12 @@ class ShortContextTask(WrappedTask):
         self._backbone = backbone
         self._teacher = BaseTeacher(model)
 
-    def teacher_targets(self, utts: Sequence[Any], *, progress: bool = False) -> list[Any]:
-        """:func:`teacher_transcripts` of ``utts`` by the base model (the adapters switched off)."""
+    def teacher_targets(self, utts: Sequence[Any], *, device: torch.device | None = None,
+                        progress: bool = False) -> list[Any]:
+        """:func:`teacher_transcripts` of ``utts`` by the base model (the adapters switched off), on ``device``
+        (the model is moved there, where training will put it; default: where it is)."""
+        if device is not None:
+            self._teacher.model.to(device)
         device = next(self._backbone.parameters()).device
         with torch.no_grad(), self._teacher(device) as teacher:
             return teacher_transcripts(teacher, utts, progress=progress)

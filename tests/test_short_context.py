@@ -205,6 +205,21 @@ def test_tampered_teacher_targets_are_an_error_on_resume(monkeypatch, tone_manif
         recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg, resume_dir=out)
 
 
+def test_the_teacher_decodes_on_the_device_the_run_trains_on(monkeypatch, tone_manifest):
+    seen = []
+
+    def teacher(backbone, waves, **kw):
+        seen.append(next(backbone.parameters()).device.type)
+        return ["a b"] * len(waves)
+
+    monkeypatch.setattr("speechtl.transcription.transcribe", teacher)
+    # "meta" stands in for a GPU: the model must be on the run's device when the base model decodes.
+    cfg = load_config(None, ["progress=false", "objective=short-context", "distill_targets=teacher", "device=meta"],
+                      method="lora")
+    recipes.build(recipes.RunInputs("whisper-tiny-random", str(_manifest(tone_manifest))), cfg)
+    assert seen == ["meta"]
+
+
 def test_teacher_targets_need_the_short_context_objective(tone_manifest):
     cfg = load_config(None, ["progress=false", "distill_targets=teacher"], method="lora")
     with pytest.raises(SpeechtlError, match="applies to objective=short-context"):

@@ -81,3 +81,17 @@ def test_adapt_under_torchrun_trains_one_model_on_two_ranks(tmp_path):
     assert set(mine) == set(ranks[0])
     for name, p in ranks[0].items():
         torch.testing.assert_close(mine[name], p, msg=name)
+
+
+def test_run_device_is_the_local_gpu_by_default(monkeypatch):
+    from speechtl.distributed import run_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert run_device() == run_device("cuda") == torch.device("cuda", 1)
+    assert run_device("cpu") == torch.device("cpu") and run_device("cuda:0") == torch.device("cuda", 0)
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("RANK", "2")  # torchrun's rank before the process group exists
+    assert run_device() == torch.device("cuda", 2) and run_device(rank=0) == torch.device("cuda", 0)

@@ -103,14 +103,18 @@ def replay_utterances(d, classification: bool) -> tuple[list, list]:
 
 
 def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, rank: int, progress: bool,
-                     resume_dir: Path | None) -> tuple[list, list, list, Callable[[Path], None] | None]:
+                     resume_dir: Path | None, device: str | None
+                     ) -> tuple[list, list, list, Callable[[Path], None] | None]:
     """``objective=short-context distill_targets=teacher``: train and dev utterances with the base model's
     30-s transcripts as their text (with the training durations); clips it transcribes as empty are left out.
 
     A resumed run reads the transcripts back from its folder (``teacher_targets/``) when they are of the
     same clips. The fourth value writes freshly decoded ones there (:attr:`Run.save_state`), else None.
-    ``progress``: report the teacher's pass on stderr (rank 0 only), as the run's ``progress`` key says.
+    The base model decodes on the device the run trains on (``device``, the ``device`` key: by default
+    this process's GPU when there is one). ``progress``: report the teacher's pass on stderr (rank 0
+    only), as the run's ``progress`` key says.
     """
+    from ..distributed import run_device
     from ..short_context import TEACHER_TARGETS, load_teacher_targets, save_teacher_targets
 
     n, utts = len(train_utts), [*train_utts, *dev_utts]
@@ -121,7 +125,7 @@ def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, ra
             print(f"distill_targets=teacher: the base model's transcripts of {len(utts)} clips are read back from "
                   f"{resume_dir / TEACHER_TARGETS}", file=sys.stderr)
     else:
-        labelled = task.teacher_targets(utts, progress=progress and rank == 0)
+        labelled = task.teacher_targets(utts, device=run_device(device, rank), progress=progress and rank == 0)
         save = functools.partial(save_teacher_targets, utts=utts, labelled=labelled)
     kept = [i for i in range(n) if labelled[i] is not None]
     if not kept:
@@ -171,7 +175,7 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
         task = ShortContextTask(task, model, temperature=d.distill_temperature)
         if d.distill_targets == "teacher":
             train_utts, durations, dev_utts, save_state = _teacher_targets(
-                task, train_utts, durations, dev_utts, rank, cfg.train.progress, resume_dir)
+                task, train_utts, durations, dev_utts, rank, cfg.train.progress, resume_dir, cfg.train.device)
     elif d.distill_targets == "teacher":
         raise SpeechtlError("distill_targets=teacher applies to objective=short-context; set that objective "
                             "or remove the key")
