@@ -166,7 +166,8 @@ def test_teacher_targets_leave_out_clips_the_base_model_transcribes_as_empty(mon
     assert built.summary["dev_utterances"] == 0  # the dev line went through the base model too
 
 
-def test_a_resumed_run_reads_the_teacher_targets_back_unless_its_clips_changed(monkeypatch, tone_manifest, tmp_path):
+def test_a_resumed_run_reads_the_teacher_targets_back_unless_its_clips_changed(monkeypatch, tone_manifest, tmp_path,
+                                                                              capsys):
     calls = []
 
     def teacher(backbone, waves, **kw):
@@ -188,6 +189,7 @@ def test_a_resumed_run_reads_the_teacher_targets_back_unless_its_clips_changed(m
                            ("go on", "A", "train"), ("no way", "A", "dev")])
     again = recipes.build(recipes.RunInputs("whisper-tiny-random", str(grown)), cfg, resume_dir=out)
     assert calls == [4, 5] and [u.text for u in again.loader.dataset.utts][-1] == "pass 2 clip 3"
+    assert "holds the transcripts of other clips" in capsys.readouterr().err
     again.save_state(out)
     assert len(recipes.build(recipes.RunInputs("whisper-tiny-random", str(grown)), cfg,
                              resume_dir=out).loader.dataset.utts) == 3 and calls == [4, 5]

@@ -125,6 +125,9 @@ def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, ra
             print(f"distill_targets=teacher: the base model's transcripts of {len(utts)} clips are read back from "
                   f"{resume_dir / TEACHER_TARGETS}", file=sys.stderr)
     else:
+        if resume_dir is not None and (resume_dir / TEACHER_TARGETS).exists() and rank == 0:
+            print(f"distill_targets=teacher: {resume_dir / TEACHER_TARGETS} holds the transcripts of other clips; "
+                  "the base model transcribes these again", file=sys.stderr)
         labelled = task.teacher_targets(utts, device=run_device(device, rank), progress=progress and rank == 0)
         save = functools.partial(save_teacher_targets, utts=utts, labelled=labelled)
     kept = [i for i in range(n) if labelled[i] is not None]
