@@ -174,3 +174,23 @@ def test_whisper_defaults_are_the_setting_the_committed_search_chose():
     # The winner's keys on top of the defaults the search ran with: what a bare command now resolves to.
     winner = load_config(None, [*_as_keys(row["lora"]["defaults"]), *row["keys"]], method="lora")
     assert _resolved(load_config(None, _as_keys(asr.WHISPER_DEFAULTS["lora"]), method="lora")) == _resolved(winner)
+
+
+def test_a_transcript_longer_than_whispers_decoder_takes_is_an_error_naming_it(tone_manifest, capsys):
+    long = " ".join(["word"] * 200)  # the tiny model's decoder takes 128 tokens
+    manifest = tone_manifest([("hello there", "A", "train"), (long, "A", "train"), ("go home", "A", "dev")])
+    cfg = load_config(None, ["progress=false"], method="lora")
+    with pytest.raises(SpeechtlError, match=r"all.jsonl: 1 training transcript\(s\) longer than .* the first id 'u1' "
+                                            r"\(\d+ tokens\); split those clips"):
+        recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg)
+    # The same line through the command: one error line, no traceback.
+    assert main(["--model", "whisper-tiny-random", "--train", str(manifest), "--out", str(manifest.parent / "o"),
+                 "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "first id 'u1'" in err and "Traceback" not in err
+    # A CTC head reads no decoder: the same manifest builds.
+    recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), load_config(None, ["progress=false"],
+                                                                                       method="features"))
+    # Dev transcripts are only scored against what the model decodes: any length builds.
+    scored = tone_manifest([("hello there", "A", "train"), ("go home", "A", "train"), (long, "A", "dev")])
+    assert recipes.build(recipes.RunInputs("whisper-tiny-random", str(scored)), cfg).summary["dev_utterances"] == 1

@@ -222,6 +222,16 @@ def test_the_teacher_decodes_on_the_device_the_run_trains_on(monkeypatch, tone_m
     assert seen == ["meta"]
 
 
+def test_teacher_targets_leave_out_transcripts_longer_than_the_decoder_takes(monkeypatch, tone_manifest, capsys):
+    # The base model can run on to its token limit, and its text may take more tokens when encoded again.
+    monkeypatch.setattr("speechtl.transcription.transcribe",
+                        lambda b, waves, **kw: ["word " * 300 if i == 1 else f"clip {i}" for i in range(len(waves))])
+    cfg = load_config(None, ["progress=false", "objective=short-context", "distill_targets=teacher"], method="lora")
+    built = recipes.build(recipes.RunInputs("whisper-tiny-random", str(_manifest(tone_manifest))), cfg)
+    assert [u.id for u in built.loader.dataset.utts] == ["u0", "u2"]
+    assert "1 clip(s) whose transcript by the base model is longer than the decoder takes" in capsys.readouterr().err
+
+
 def test_teacher_targets_need_the_short_context_objective(tone_manifest):
     cfg = load_config(None, ["progress=false", "distill_targets=teacher"], method="lora")
     with pytest.raises(SpeechtlError, match="applies to objective=short-context"):

@@ -175,6 +175,17 @@ class WhisperBackbone(nn.Module):
                                 f"<|notimestamps|>): train it with timestamp_share=0")
         return first + steps
 
+    def label_length(self, text: str, *, timestamps: bool = False) -> int:
+        """Tokens of ``text``'s training sequence in :meth:`label_ids` (prompt, words, end of text; with
+        ``timestamps`` the longer, timestamped form), which may not exceed :attr:`max_label_tokens`."""
+        words = len(self.tokenizer.encode(" " + whisper_case(text), add_special_tokens=False))
+        return len(self.prompt_ids(timestamps=timestamps)) + words + (3 if timestamps else 1)
+
+    @property
+    def max_label_tokens(self) -> int:
+        """The decoder's length limit (``max_target_positions``)."""
+        return int(self.model.config.max_target_positions)
+
     def label_ids(self, texts: list[str], spans: list[tuple[float, float] | None] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forcing inputs and targets ``(batch, tokens)``; targets are -100 on the prompt and padding.
@@ -196,7 +207,7 @@ class WhisperBackbone(nn.Module):
                 words = [self.timestamp_id(span[0]), *words, self.timestamp_id(span[1])]
             seqs.append(prompt + words + [eot])
             prompts.append(len(prompt))
-        limit = self.model.config.max_target_positions
+        limit = self.max_label_tokens
         longest = max(len(s) for s in seqs)
         if longest > limit:
             raise ValueError(f"a transcript is {longest} tokens, over Whisper's {limit}-token decoder limit")

@@ -142,6 +142,34 @@ def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, ra
             [u for u in labelled[n:] if u is not None], save)
 
 
+def _within_decoder(backbone, inputs: RunInputs, train_utts: list, durations: list, *, timestamps: bool, drop: bool,
+                    rank: int) -> tuple[list, list]:
+    """Whisper's decoder trains on at most ``max_label_tokens`` (prompt and end of text included). A longer
+    training transcript is an error naming it; with ``drop`` (the base model's own transcripts, which can
+    run on to the token limit) it is left out, with a count. Dev transcripts are only scored: any length."""
+    limit = backbone.max_label_tokens
+
+    def tokens(u) -> int:
+        return backbone.label_length(u.text, timestamps=timestamps)
+
+    long = [i for i, u in enumerate(train_utts) if tokens(u) > limit]
+    if not long:
+        return train_utts, durations
+    if not drop:
+        first = train_utts[long[0]]
+        raise SpeechtlError(f"{inputs.train}: {len(long)} training transcript(s) longer than {backbone.name}'s "
+                            f"decoder takes ({limit} tokens with its prompt), the first id {first.id!r} "
+                            f"({tokens(first)} tokens); split those clips or leave them out")
+    if len(long) == len(train_utts):
+        raise SpeechtlError(f"distill_targets=teacher: every training clip's transcript by the base model is longer "
+                            f"than {backbone.name}'s decoder takes ({limit} tokens); train on speech")
+    if rank == 0:
+        print(f"distill_targets=teacher: {len(long)} clip(s) whose transcript by the base model is longer than the "
+              f"decoder takes ({limit} tokens) are left out", file=sys.stderr)
+    keep = sorted(set(range(len(train_utts))) - set(long))
+    return [train_utts[i] for i in keep], [durations[i] for i in keep]
+
+
 def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0,
           resume_dir: Path | None = None) -> Run:
     """Wire a speech recognition run; ``resume_dir``: the folder of the run it continues (what it saved is reused)."""
@@ -182,6 +210,10 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
     elif d.distill_targets == "teacher":
         raise SpeechtlError("distill_targets=teacher applies to objective=short-context; set that objective "
                             "or remove the key")
+    if not classification and getattr(model, "head", None) is None and hasattr(backbone, "label_length"):
+        train_utts, durations = _within_decoder(
+            backbone, inputs, train_utts, durations, timestamps=d.timestamp_share > 0,
+            drop=d.objective == "short-context" and d.distill_targets == "teacher", rank=rank)
     train_cfg = cfg.train
     if classification and train_cfg.metric == "wer":
         train_cfg = dataclasses.replace(train_cfg, metric="error")
