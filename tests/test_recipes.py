@@ -194,3 +194,9 @@ def test_a_transcript_longer_than_whispers_decoder_takes_is_an_error_naming_it(t
     # Dev transcripts are only scored against what the model decodes: any length builds.
     scored = tone_manifest([("hello there", "A", "train"), ("go home", "A", "train"), (long, "A", "dev")])
     assert recipes.build(recipes.RunInputs("whisper-tiny-random", str(scored)), cfg).summary["dev_utterances"] == 1
+    # Replay lines train the decoder too.
+    replay = scored.parent / "replay.jsonl"
+    replay.write_text(json.dumps({"id": "r0", "audio": "u0.wav", "text": long, "speaker": "n", "accent": "N"}) + "\n")
+    keys = ["progress=false", f"replay_manifest={replay}", "replay_fraction=0.3"]
+    with pytest.raises(SpeechtlError, match=r"replay.jsonl: 1 training transcript\(s\) longer than .* id 'r0'"):
+        recipes.build(recipes.RunInputs("whisper-tiny-random", str(scored)), load_config(None, keys, method="lora"))

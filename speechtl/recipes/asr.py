@@ -142,32 +142,18 @@ def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, ra
             [u for u in labelled[n:] if u is not None], save)
 
 
-def _within_decoder(backbone, inputs: RunInputs, train_utts: list, durations: list, *, timestamps: bool, drop: bool,
-                    rank: int) -> tuple[list, list]:
-    """Whisper's decoder trains on at most ``max_label_tokens`` (prompt and end of text included). A longer
-    training transcript is an error naming it; with ``drop`` (the base model's own transcripts, which can
-    run on to the token limit) it is left out, with a count. Dev transcripts are only scored: any length."""
+def _too_long(backbone, where: str, utts: list, *, timestamps: bool, drop: bool) -> list[int]:
+    """Indices of the training ``utts`` whose transcript is longer than Whisper's decoder trains on
+    (``max_label_tokens``, prompt and end of text included). Unless ``drop`` (the caller leaves them out),
+    any is an error naming the first and ``where`` it comes from. Dev transcripts are only scored: any length."""
     limit = backbone.max_label_tokens
-
-    def tokens(u) -> int:
-        return backbone.label_length(u.text, timestamps=timestamps)
-
-    long = [i for i, u in enumerate(train_utts) if tokens(u) > limit]
-    if not long:
-        return train_utts, durations
-    if not drop:
-        first = train_utts[long[0]]
-        raise SpeechtlError(f"{inputs.train}: {len(long)} training transcript(s) longer than {backbone.name}'s "
-                            f"decoder takes ({limit} tokens with its prompt), the first id {first.id!r} "
-                            f"({tokens(first)} tokens); split those clips or leave them out")
-    if len(long) == len(train_utts):
-        raise SpeechtlError(f"distill_targets=teacher: every training clip's transcript by the base model is longer "
-                            f"than {backbone.name}'s decoder takes ({limit} tokens); train on speech")
-    if rank == 0:
-        print(f"distill_targets=teacher: {len(long)} clip(s) whose transcript by the base model is longer than the "
-              f"decoder takes ({limit} tokens) are left out", file=sys.stderr)
-    keep = sorted(set(range(len(train_utts))) - set(long))
-    return [train_utts[i] for i in keep], [durations[i] for i in keep]
+    lengths = [backbone.label_length(u.text, timestamps=timestamps) for u in utts]
+    long = [i for i, n in enumerate(lengths) if n > limit]
+    if long and not drop:
+        raise SpeechtlError(f"{where}: {len(long)} training transcript(s) longer than {backbone.name}'s decoder "
+                            f"takes ({limit} tokens with its prompt), the first id {utts[long[0]].id!r} "
+                            f"({lengths[long[0]]} tokens); split those clips or leave them out")
+    return long
 
 
 def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0,
@@ -210,16 +196,28 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
     elif d.distill_targets == "teacher":
         raise SpeechtlError("distill_targets=teacher applies to objective=short-context; set that objective "
                             "or remove the key")
-    if not classification and getattr(model, "head", None) is None and hasattr(backbone, "label_length"):
-        train_utts, durations = _within_decoder(
-            backbone, inputs, train_utts, durations, timestamps=d.timestamp_share > 0,
-            drop=d.objective == "short-context" and d.distill_targets == "teacher", rank=rank)
+    decoder = not classification and getattr(model, "head", None) is None and hasattr(backbone, "label_length")
+    if decoder:
+        # The base model's own transcripts (distill_targets=teacher) can run on to its token limit: left out.
+        teacher = d.objective == "short-context" and d.distill_targets == "teacher"
+        long = _too_long(backbone, inputs.train, train_utts, timestamps=d.timestamp_share > 0, drop=teacher)
+        if len(long) == len(train_utts):
+            raise SpeechtlError(f"distill_targets=teacher: the base model's transcript of every training clip is "
+                                f"longer than {backbone.name}'s decoder takes; train on speech")
+        if long:
+            if rank == 0:
+                print(f"distill_targets=teacher: {len(long)} clip(s) whose transcript by the base model is longer "
+                      "than the decoder takes are left out", file=sys.stderr)
+            keep = sorted(set(range(len(train_utts))) - set(long))
+            train_utts, durations = [train_utts[i] for i in keep], [durations[i] for i in keep]
     train_cfg = cfg.train
     if classification and train_cfg.metric == "wer":
         train_cfg = dataclasses.replace(train_cfg, metric="error")
 
     rate, seed = backbone.sample_rate, cfg.train.seed
     replay_train, replay_dev = replay_utterances(d, classification)
+    if decoder and replay_train:
+        _too_long(backbone, d.replay_manifest, replay_train, timestamps=d.timestamp_share > 0, drop=False)
     if replay_train:
         from ..replay import ReplayBatchSampler, ReplayDataset, ReplayTask
 
