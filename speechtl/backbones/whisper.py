@@ -175,11 +175,19 @@ class WhisperBackbone(nn.Module):
                                 f"<|notimestamps|>): train it with timestamp_share=0")
         return first + steps
 
+    def _sequence(self, text: str, span: tuple[float, float] | None) -> tuple[list[int], int]:
+        """``text``'s training sequence (prompt, words, end of text; timestamped around them with a
+        ``span``) and the prompt's length."""
+        words = self.tokenizer.encode(" " + whisper_case(text), add_special_tokens=False)
+        prompt = self.prompt_ids(timestamps=span is not None)
+        if span is not None:
+            words = [self.timestamp_id(span[0]), *words, self.timestamp_id(span[1])]
+        return prompt + words + [self.tokenizer.convert_tokens_to_ids("<|endoftext|>")], len(prompt)
+
     def label_length(self, text: str, *, timestamps: bool = False) -> int:
-        """Tokens of ``text``'s training sequence in :meth:`label_ids` (prompt, words, end of text; with
-        ``timestamps`` the longer, timestamped form), which may not exceed :attr:`max_label_tokens`."""
-        words = len(self.tokenizer.encode(" " + whisper_case(text), add_special_tokens=False))
-        return len(self.prompt_ids(timestamps=timestamps)) + words + (3 if timestamps else 1)
+        """Tokens of ``text``'s training sequence in :meth:`label_ids` (with ``timestamps`` the longer,
+        timestamped form), which may not exceed :attr:`max_label_tokens`."""
+        return len(self._sequence(text, (0.0, 0.0) if timestamps else None)[0])
 
     @property
     def max_label_tokens(self) -> int:
@@ -194,19 +202,12 @@ class WhisperBackbone(nn.Module):
         seconds, its sequence is Whisper's timestamped form, ``<|sot|> <|start|> text <|end|> <|eot|>``
         (no ``<|notimestamps|>`` in the prompt), so training keeps the model's timestamp mode.
         """
-        tok = self.tokenizer
-        eot = tok.convert_tokens_to_ids("<|endoftext|>")
+        eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         spans = spans if spans is not None else [None] * len(texts)
         if len(spans) != len(texts):
             raise ValueError(f"{len(spans)} spans for {len(texts)} transcripts")
-        seqs, prompts = [], []
-        for t, span in zip(texts, spans):
-            words = tok.encode(" " + whisper_case(t), add_special_tokens=False)
-            prompt = self.prompt_ids(timestamps=span is not None)
-            if span is not None:
-                words = [self.timestamp_id(span[0]), *words, self.timestamp_id(span[1])]
-            seqs.append(prompt + words + [eot])
-            prompts.append(len(prompt))
+        pairs = [self._sequence(t, span) for t, span in zip(texts, spans)]
+        seqs, prompts = [seq for seq, _ in pairs], [n for _, n in pairs]
         limit = self.max_label_tokens
         longest = max(len(s) for s in seqs)
         if longest > limit:
