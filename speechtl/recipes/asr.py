@@ -102,17 +102,17 @@ def replay_utterances(d, classification: bool) -> tuple[list, list]:
     return train, dev
 
 
-def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, rank: int, progress: bool,
-                     resume_dir: Path | None, device: str | None
-                     ) -> tuple[list, list, list, Callable[[Path], None] | None]:
+def _teacher_targets(task, backbone, train_utts: list, durations: list, dev_utts: list, cfg: RunConfig, rank: int,
+                     resume_dir: Path | None) -> tuple[list, list, list, Callable[[Path], None] | None]:
     """``objective=short-context distill_targets=teacher``: train and dev utterances with the base model's
-    30-s transcripts as their text (with the training durations); clips it transcribes as empty are left out.
+    30-s transcripts as their text (with the training durations). Clips it transcribes as empty are left
+    out, and training clips whose transcript is longer than ``backbone``'s decoder trains on (it can run
+    on to its token limit).
 
     A resumed run reads the transcripts back from its folder (``teacher_targets/``) when they are of the
     same clips. The fourth value writes freshly decoded ones there (:attr:`Run.save_state`), else None.
-    The base model decodes on the device the run trains on (``device``, the ``device`` key: by default
-    this process's GPU when there is one). ``progress``: report the teacher's pass on stderr (rank 0
-    only), as the run's ``progress`` key says.
+    The base model decodes on the device the run trains on (the ``device`` key: by default this
+    process's GPU when there is one), and reports its pass on stderr (rank 0 only) if ``progress`` is on.
     """
     from ..distributed import run_device
     from ..short_context import TEACHER_TARGETS, load_teacher_targets, save_teacher_targets
@@ -128,32 +128,43 @@ def _teacher_targets(task, train_utts: list, durations: list, dev_utts: list, ra
         if resume_dir is not None and (resume_dir / TEACHER_TARGETS).exists() and rank == 0:
             print(f"distill_targets=teacher: {resume_dir / TEACHER_TARGETS} holds the transcripts of other clips; "
                   "the base model transcribes these again", file=sys.stderr)
-        labelled = task.teacher_targets(utts, device=run_device(device, rank), progress=progress and rank == 0)
+        labelled = task.teacher_targets(utts, device=run_device(cfg.train.device, rank),
+                                        progress=cfg.train.progress and rank == 0)
         save = functools.partial(save_teacher_targets, utts=utts, labelled=labelled)
-    kept = [i for i in range(n) if labelled[i] is not None]
+    heard = [i for i in range(n) if labelled[i] is not None]
+    long = set(_too_long(backbone, [labelled[i] for i in heard], timestamps=cfg.data.timestamp_share > 0))
+    kept = [i for k, i in enumerate(heard) if k not in long]
     if not kept:
-        raise SpeechtlError("distill_targets=teacher: the base model transcribes every training clip as empty "
-                            "(silence?); train on speech")
-    dropped = len(labelled) - sum(u is not None for u in labelled)
-    if dropped and rank == 0:
-        print(f"distill_targets=teacher: {dropped} clip(s) the base model transcribes as empty are left out",
+        raise SpeechtlError("distill_targets=teacher: the base model's transcript of every training clip is empty "
+                            "(silence?) or longer than the decoder takes; train on speech")
+    empty = len(labelled) - sum(u is not None for u in labelled)
+    if empty and rank == 0:
+        print(f"distill_targets=teacher: {empty} clip(s) the base model transcribes as empty are left out",
               file=sys.stderr)
+    if long and rank == 0:
+        print(f"distill_targets=teacher: {len(long)} clip(s) whose transcript by the base model is longer than the "
+              "decoder takes are left out", file=sys.stderr)
     return ([labelled[i] for i in kept], [durations[i] for i in kept],
             [u for u in labelled[n:] if u is not None], save)
 
 
-def _too_long(backbone, where: str, utts: list, *, timestamps: bool, drop: bool) -> list[int]:
-    """Indices of the training ``utts`` whose transcript is longer than Whisper's decoder trains on
-    (``max_label_tokens``, prompt and end of text included). Unless ``drop`` (the caller leaves them out),
-    any is an error naming the first and ``where`` it comes from. Dev transcripts are only scored: any length."""
+def _too_long(backbone, utts: list, *, timestamps: bool) -> list[int]:
+    """Indices of ``utts`` whose transcript is longer than Whisper's decoder trains on (``max_label_tokens``,
+    prompt and end of text included; with ``timestamps`` counted in the timestamped form)."""
     limit = backbone.max_label_tokens
-    lengths = [backbone.label_length(u.text, timestamps=timestamps) for u in utts]
-    long = [i for i, n in enumerate(lengths) if n > limit]
-    if long and not drop:
+    return [i for i, u in enumerate(utts) if backbone.label_length(u.text, timestamps=timestamps) > limit]
+
+
+def _refuse_too_long(backbone, where: str, utts: list, *, timestamps: bool) -> None:
+    """Training transcripts longer than the decoder takes are an error naming the first and ``where`` they
+    come from (dev transcripts are only scored: any length serves)."""
+    long = _too_long(backbone, utts, timestamps=timestamps)
+    if long:
+        first = utts[long[0]]
         raise SpeechtlError(f"{where}: {len(long)} training transcript(s) longer than {backbone.name}'s decoder "
-                            f"takes ({limit} tokens with its prompt), the first id {utts[long[0]].id!r} "
-                            f"({lengths[long[0]]} tokens); split those clips or leave them out")
-    return long
+                            f"takes ({backbone.max_label_tokens} tokens with its prompt), the first id {first.id!r} "
+                            f"({backbone.label_length(first.text, timestamps=timestamps)} tokens); split those "
+                            "clips or leave them out")
 
 
 def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0,
@@ -192,24 +203,13 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
         task = ShortContextTask(task, model, temperature=d.distill_temperature)
         if d.distill_targets == "teacher":
             train_utts, durations, dev_utts, save_state = _teacher_targets(
-                task, train_utts, durations, dev_utts, rank, cfg.train.progress, resume_dir, cfg.train.device)
+                task, backbone, train_utts, durations, dev_utts, cfg, rank, resume_dir)
     elif d.distill_targets == "teacher":
         raise SpeechtlError("distill_targets=teacher applies to objective=short-context; set that objective "
                             "or remove the key")
     decoder = not classification and getattr(model, "head", None) is None and hasattr(backbone, "label_length")
-    if decoder:
-        # The base model's own transcripts (distill_targets=teacher) can run on to its token limit: left out.
-        teacher = d.objective == "short-context" and d.distill_targets == "teacher"
-        long = _too_long(backbone, inputs.train, train_utts, timestamps=d.timestamp_share > 0, drop=teacher)
-        if len(long) == len(train_utts):
-            raise SpeechtlError(f"distill_targets=teacher: the base model's transcript of every training clip is "
-                                f"longer than {backbone.name}'s decoder takes; train on speech")
-        if long:
-            if rank == 0:
-                print(f"distill_targets=teacher: {len(long)} clip(s) whose transcript by the base model is longer "
-                      "than the decoder takes are left out", file=sys.stderr)
-            keep = sorted(set(range(len(train_utts))) - set(long))
-            train_utts, durations = [train_utts[i] for i in keep], [durations[i] for i in keep]
+    if decoder and d.distill_targets != "teacher":  # the teacher's targets were checked as they were made
+        _refuse_too_long(backbone, inputs.train, train_utts, timestamps=d.timestamp_share > 0)
     train_cfg = cfg.train
     if classification and train_cfg.metric == "wer":
         train_cfg = dataclasses.replace(train_cfg, metric="error")
@@ -217,7 +217,7 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
     rate, seed = backbone.sample_rate, cfg.train.seed
     replay_train, replay_dev = replay_utterances(d, classification)
     if decoder and replay_train:
-        _too_long(backbone, d.replay_manifest, replay_train, timestamps=d.timestamp_share > 0, drop=False)
+        _refuse_too_long(backbone, d.replay_manifest, replay_train, timestamps=d.timestamp_share > 0)
     if replay_train:
         from ..replay import ReplayBatchSampler, ReplayDataset, ReplayTask
 
