@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .checksums import verify_checksums, write_checksums
 from .errors import SpeechtlError
+from .fileio import check_apart
 
 if TYPE_CHECKING:
     from .adapters.saved import SavedAdapter
@@ -74,7 +75,7 @@ def export(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise SpeechtlError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    _check_out(out, model, adapter)
+    check_apart(out, {"model": model, "adapter": adapter}, writes="the export")
     saved = None
     if adapter is not None:
         from .adapters.saved import SavedAdapter
@@ -137,18 +138,6 @@ def export(
         if not publish_dir(tmp, out, overwrite=overwrite):
             raise SpeechtlError(f"{out} was created by another process during the export; pass overwrite=True")
     return out
-
-
-def _check_out(out: Path, model: str | os.PathLike | None, adapter: str | os.PathLike | None) -> None:
-    """Refuse an output that is, holds or sits inside the model or adapter folder being read."""
-    target = out.resolve()
-    for what, src in (("model", model), ("adapter", adapter)):
-        if src is None or not Path(src).exists():
-            continue
-        src = Path(src).resolve()
-        if target == src or src in target.parents or target in src.parents:
-            raise SpeechtlError(f"--out {out} overlaps the {what} folder {src}; the {what} is only read: write the "
-                                "export to a folder of its own")
 
 
 def _check_exportable(saved: SavedAdapter) -> None:

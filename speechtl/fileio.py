@@ -145,3 +145,19 @@ def out_in_use(out: os.PathLike) -> bool:
     if not os.path.isdir(out):
         raise SpeechtlError(f"--out {out} is a file; give a folder")
     return any(os.scandir(out))
+
+
+def check_apart(out: str | os.PathLike, sources: dict[str, str | os.PathLike | None], *, writes: str) -> None:
+    """Refuse an output folder that is, holds or sits inside a folder that is only read.
+
+    ``sources`` maps what each input is (``"model"``, ``"adapter"``, ...) to its path; hub ids, registered
+    names and other paths that do not exist here are skipped. ``writes`` names what goes to ``out``.
+    """
+    target = Path(out).resolve()
+    for what, src in sources.items():
+        if src is None or not Path(src).exists():
+            continue
+        src = Path(src).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise SpeechtlError(f"--out {out} overlaps the {what} folder {src}; the {what} is only read: write "
+                                f"{writes} to a folder of its own")

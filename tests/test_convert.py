@@ -186,6 +186,50 @@ def test_existing_output_needs_overwrite(random_ct2, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or moved-aside folders left
 
 
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_converted_folder_carries_checksums_that_loading_verifies(random_ct2, tmp_path):
+    from speechtl.backbones import create_backbone
+    from speechtl.checksums import forget_verified
+
+    out = convert_ct2_whisper(random_ct2("float32"), tmp_path / "hf")
+    record = json.loads((out / "checksums.json").read_text())
+    assert sorted(record["files"]) == sorted(p.name for p in out.iterdir() if p.name != "checksums.json")
+    assert record["dtype"] == "float32"
+    create_backbone(str(out))
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # one flipped bit, same size
+    (out / "model.safetensors").write_bytes(bytes(data))
+    forget_verified()
+    with pytest.raises(SpeechtlError, match=r"hf: the folder was modified.*sha256 of model\.safetensors"):
+        create_backbone(str(out))
+
+
+def test_output_overlapping_the_source_is_refused_and_the_source_left_alone(random_ct2, tmp_path):
+    src = _copy_ct2(random_ct2("float16"), tmp_path / "models" / "ct2")
+    before = _contents(tmp_path)
+    for out in (src, src / "hf", tmp_path / "models"):
+        with pytest.raises(SpeechtlError, match="overlaps the source folder"):
+            convert_ct2_whisper(src, out, overwrite=True)
+    assert _contents(tmp_path) == before
+
+
+def test_a_source_with_checksums_is_verified_before_it_is_read(random_ct2, tmp_path):
+    from speechtl.checksums import write_checksums
+
+    src = _copy_ct2(random_ct2("float16"), tmp_path / "src")
+    write_checksums(src)
+    assert (convert_ct2_whisper(src, tmp_path / "ok") / "model.safetensors").is_file()
+    data = bytearray((src / "model.bin").read_bytes())
+    data[len(data) // 2] ^= 1
+    (src / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(SpeechtlError, match=r"src: the CTranslate2 model folder was modified.*sha256 of model\.bin"):
+        convert_ct2_whisper(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_interrupted_conversion_leaves_nothing(random_ct2, tmp_path, monkeypatch):
     import safetensors.torch
 

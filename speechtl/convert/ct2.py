@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checksums import CHECKSUMS, verify_checksums, write_checksums
 from ..errors import SpeechtlError
-from ..fileio import atomic_replace_dir, staging_dir
+from ..fileio import atomic_replace_dir, check_apart, staging_dir
 from .ct2_format import BINARY_VERSION, MODEL_BIN, SPEC_NAME, SPEC_REVISION, Ct2Checkpoint, dequantized, read_ct2_model
 from .ct2_to_transformers import (
     check_whisper_flags,
@@ -150,10 +151,16 @@ def convert_ct2_whisper(
     Returns:
         ``out_dir`` as a Path.
 
+    The new folder carries ``checksums.json``, which :func:`speechtl.create_backbone` verifies on load.
+    A source folder with a ``checksums.json`` (a speechtl CTranslate2 export) is verified before it is read.
+
     Raises:
-        SpeechtlError: a missing/corrupt/truncated source, or an existing output without ``overwrite``.
+        SpeechtlError: a missing/corrupt/truncated/modified source, an output that overlaps the source,
+            or an existing output without ``overwrite``.
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
+    check_apart(out_dir, {"source": src_dir, **{f"{MODEL_BIN} part": Path(p).parent for p in model_bin_parts or ()}},
+                writes="the converted model")
     if out_dir.exists() and not overwrite:
         if not out_dir.is_dir() or any(out_dir.iterdir()):
             raise SpeechtlError(
@@ -168,6 +175,10 @@ def convert_ct2_whisper(
     for p in parts:
         if not p.is_file():
             raise SpeechtlError(f"{p} does not exist; a CTranslate2 model folder must contain {MODEL_BIN}.")
+    if (src_dir / CHECKSUMS).is_file():
+        verify_checksums(src_dir, lambda detail: SpeechtlError(
+            f"{src_dir}: the CTranslate2 model folder was modified, truncated or is incomplete ({detail}); "
+            "export or fetch it again"))
     with staging_dir(out_dir) as tmp:
         write_whisper_folder(
             src_dir,
@@ -176,6 +187,7 @@ def convert_ct2_whisper(
             multilingual=multilingual,
             model_bin_parts=parts,
         )
+        write_checksums(tmp, converted_from=str(src_dir.resolve()), dtype=dtype)
         if not atomic_replace_dir(tmp, out_dir, overwrite=overwrite):
             raise SpeechtlError(
                 f"{out_dir} was created by another process during the conversion; pass overwrite=True to replace it."
