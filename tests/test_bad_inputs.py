@@ -147,6 +147,32 @@ def exported(tmp: Path, damage: str) -> Path:
     return out
 
 
+def hf_export(tmp: Path) -> Path:
+    """A transformers export of the random Whisper, in ``tmp/hf``."""
+    from speechtl.exporting import export
+
+    return export(MODEL, tmp / "hf")
+
+
+def hf_export_without_checksums(tmp: Path) -> Path:
+    """A transformers export of the random Whisper whose ``checksums.json`` was removed."""
+    out = hf_export(tmp)
+    (out / "checksums.json").unlink()
+    return out
+
+
+def _adapt_into_the_model(tmp: Path) -> list[str]:
+    model = hf_export(tmp)
+    return ["--model", str(model), *ADAPT_KEYS[2:], "--train", str(manifest(tmp, rows(tmp))), "--out",
+            str(model / "run")]
+
+
+def _eval_into_the_adapter(tmp: Path) -> list[str]:
+    adapter = saved_whisper_adapter(tmp)
+    return ["--model", MODEL, "--adapter", str(adapter), "--manifest", str(manifest(tmp, rows(tmp))), "--out",
+            str(adapter / "report"), "--n-bootstrap", "10", "--no-progress"]
+
+
 def _ct2(make: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
     return lambda tmp: ["--engine", "ct2", str(make(tmp)), str(wav(tmp / "a.wav")), "--no-progress"]
 
@@ -283,6 +309,9 @@ CASES: dict[str, Case] = {
     "transcribe/ct2 folder with a garbage model.bin": Case(
         "transcribe", _ct2(lambda t: exported(t, "garbage, unchecked")),
         ("exported", "CTranslate2 cannot load this model", "export it again")),
+    "transcribe/transformers export without its checksums": Case(
+        "transcribe", lambda t: [str(hf_export_without_checksums(t)), str(wav(t / "a.wav")), "--no-progress"],
+        ("hf", "checksums.json is missing", "export it again")),
     "transcribe/unknown engine": Case("transcribe", lambda t: ["--engine", "onnx", MODEL, str(wav(t / "a.wav"))],
                                       ("--engine onnx", "torch, ct2")),
     "transcribe/ct2 on a folder that is not CTranslate2": Case(
@@ -361,6 +390,9 @@ CASES: dict[str, Case] = {
     "adapt/non-empty output folder": Case("adapt", lambda t: [*ADAPT_KEYS, "--train", str(manifest(t, rows(t))),
                                                               "--out", str(_nonempty_out(t))],
                                           ("out", "is not empty", "--overwrite"), absent=("out/config.yaml",)),
+    "adapt/output inside the model folder": Case("adapt", _adapt_into_the_model,
+                                                 ("hf/run", "overlaps the model folder", "a folder of its own"),
+                                                 absent=("hf/run",)),
     "adapt/resume without a checkpoint": Case("adapt", _adapt(lambda t: manifest(t, rows(t)), "--resume"),
                                               ("checkpoints/last.pt", "start a new run")),
     # speechtl-eval
@@ -370,6 +402,9 @@ CASES: dict[str, Case] = {
     "eval/duplicate ids": Case("eval", _eval(_duplicate_id), ("m.jsonl:4", "repeats line 2")),
     "eval/corrupt audio in manifest": Case("eval", _eval(_with_audio(lambda t: _bytes(t / "bad.wav", b"RIFF..."))),
                                            ("bad.wav", "cannot decode audio")),
+    "eval/output inside the adapter folder": Case("eval", _eval_into_the_adapter,
+                                                  ("lora_adapter/report", "overlaps the adapter folder"),
+                                                  absent=("lora_adapter/report",)),
     "eval/unknown model": Case("eval", lambda t: ["--model", "whisper-tinny", "--manifest", str(manifest(t, rows(t))),
                                                   "--out", str(t / "out")], ("whisper-tinny",)),
     # speechtl-demo

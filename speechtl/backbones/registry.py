@@ -60,6 +60,14 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
         return _REGISTRY[key](**kwargs)
     path = Path(key).expanduser()
     if path.is_dir():
+        from ..exporting import EXPORT_INFO, verify_export
+
+        # A folder speechtl wrote (an export, a converted model) is verified before anything in it is read;
+        # an export whose checksums.json is gone is refused, not loaded unchecked.
+        if (path / EXPORT_INFO).is_file():
+            verify_export(path)
+        elif (path / CHECKSUMS).is_file():
+            verify_checksums(path)
         cfg = path / "config.json"
         if not cfg.is_file():
             raise ModelNotFoundError(f"{path}: folder has no config.json; give a Hugging Face model folder")
@@ -68,8 +76,6 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelNotFoundError(f"{cfg}: not valid JSON ({e}); the model folder is damaged") from None
         builder = _MODEL_TYPES.get(model_type)
-        if (path / CHECKSUMS).is_file():  # a folder speechtl wrote (an export, a converted model): verify it first
-            verify_checksums(path)
         if builder is None:
             known = ", ".join(sorted(_MODEL_TYPES))
             raise ModelNotFoundError(f"{path}: model_type {model_type!r} is not supported; supported: {known}")

@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, **({"method": args.method} if args.method else {}))
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(args.out)
-    recipes.prepare_out(out, overwrite=args.overwrite, resume=args.resume, is_main=rank == 0)
+    recipes.prepare_out(out, overwrite=args.overwrite, resume=args.resume, is_main=rank == 0, model=args.model)
     inputs = recipes.RunInputs(args.model, args.train, args.dev, args.target_accent)
     run = recipes.build(inputs, cfg, task=args.task, world=world, rank=rank,
                         resume_dir=out if args.resume else None)

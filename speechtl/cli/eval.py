@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..decoding import SHORT_CLIPS
 from ..errors import SpeechtlError
+from ..fileio import check_apart
 from ..wer import NORMALIZERS
 from ._common import add_common_args, out_in_use, run_cli
 from ._routing import add_routing_args, routing_kwargs
@@ -78,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..render import forgetting_line, system_name
 
     out = Path(args.out)
+    check_apart(out, {"model": args.model, "adapter": args.adapter}, writes="the report")
     _prepare_out(out, overwrite=args.overwrite)
     baseline = Report.load(args.baseline) if args.baseline else None  # fail before transcribing
     routing = routing_kwargs(args)  # bad --adapters fail before the model loads

@@ -123,6 +123,6 @@ def run(inputs: RunInputs, cfg: RunConfig, out: str | os.PathLike, *, task: str 
         resume: bool = False, backbone: Any = None) -> RunResult:
     """Build and execute a run in one call, the way ``speechtl-adapt`` does (a single process)."""
     out = Path(out)
-    prepare_out(out, overwrite=overwrite, resume=resume)
+    prepare_out(out, overwrite=overwrite, resume=resume, model=inputs.model)
     built = build(inputs, cfg, task=task, backbone=backbone, resume_dir=out if resume else None)
     return execute(built, out, resume=resume)

@@ -13,7 +13,7 @@ import yaml
 
 from ..config import RunConfig, TrainConfig
 from ..errors import SpeechtlError
-from ..fileio import out_in_use
+from ..fileio import check_apart, out_in_use
 
 # Files a run leaves in its folder; --overwrite removes a folder only when it looks like one.
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints", "adapter", "result.json")
@@ -99,8 +99,12 @@ def audio_loader(utts: Sequence, rate: int, batch_seconds: float, collate: Calla
                       collate_fn=collate, num_workers=num_workers)
 
 
-def prepare_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool = True) -> None:
-    """Check ``out`` for a new run (empty, or an earlier run's folder with ``overwrite``) or for ``resume``."""
+def prepare_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool = True, model: str | None = None) -> None:
+    """Check ``out`` for a new run (empty, or an earlier run's folder with ``overwrite``) or for ``resume``.
+
+    ``out`` must also lie apart from a local ``model`` folder, which the run only reads.
+    """
+    check_apart(out, {"model": model}, writes="the run")
     if overwrite and resume:
         raise SpeechtlError("--overwrite and --resume contradict each other; choose one")
     if resume:
