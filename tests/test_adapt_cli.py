@@ -70,6 +70,11 @@ def test_adapt_writes_config_adapter_metrics_and_prints_dev_wer(tmp_path, manife
     assert steps == [1, 2, 3, 4]
     code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, "--resume", *KEYS, "lora_r=8")
     assert code == 2 and "different adapt.lora_r" in err
+    for damaged in ("adapt: [unclosed\n", "- a list\n", "adapt: 3\n"):  # one error naming the file, no traceback
+        (out / "config.yaml").write_text(damaged)
+        code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, "--resume", *KEYS, "max_steps=4")
+        assert code == 2 and "config.yaml: not the config an interrupted run saved" in err, err
+        assert "Traceback" not in err
 
 
 def test_adapt_cli_errors(tmp_path, manifest, capsys):

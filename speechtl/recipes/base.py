@@ -125,7 +125,13 @@ def check_resume_config(out: Path, cfg: RunConfig) -> None:
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(s, {}), dict) for s in ("adapt", "data")):
+        raise SpeechtlError(f"{saved_path}: not the config an interrupted run saved (unreadable, or not a mapping "
+                            "of sections); restore it, or remove it to resume with the settings given now")
     now = cfg.to_dict()
     changed = [f"{section}.{k}" for section in ("adapt", "data") for k, v in now[section].items()
                if saved.get(section, {}).get(k, v) != v]
