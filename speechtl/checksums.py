@@ -31,6 +31,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def record_checksum(record: dict[str, Any], own_key: str) -> str:
+    """SHA-256 of a JSON record's entries but ``own_key`` (where the record keeps it), as sorted compact JSON.
+
+    Hashed as the record reads back from its file, so a reader can check it; layout changes do not count.
+    """
+    body = {k: v for k, v in record.items() if k != own_key}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def listed_files(folder: Path) -> list[str]:
     """Every file below ``folder`` but ``checksums.json``, as sorted relative POSIX paths."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)

@@ -345,7 +345,7 @@ def test_a_damaged_weights_file_is_one_error_naming_it_before_anything_is_built(
 def _without_record(folder):
     """The folder as an earlier version wrote it: no sizes or hashes in adapter.json."""
     meta = json.loads((folder / "adapter.json").read_text())
-    del meta["files"]
+    del meta["files"], meta["meta_sha256"]
     (folder / "adapter.json").write_text(json.dumps(meta))
 
 
@@ -359,6 +359,21 @@ def test_a_folder_without_a_record_loads_with_the_checks_it_had(tmp_path):
         _damage(folder, how, tmp_path)
         with pytest.raises(SpeechtlError, match="adapter.safetensors: not a readable safetensors file"):
             load_adapter(w2v(), folder)
+
+
+def test_an_edited_adapter_json_is_refused(tmp_path):
+    folder = _saved_lora(tmp_path)
+    saved = (folder / "adapter.json").read_text()
+    meta = json.loads(saved)
+    assert len(meta["meta_sha256"]) == 64
+    (folder / "adapter.json").write_text(json.dumps(meta))  # the same entries, laid out differently: still fine
+    load_adapter(w2v(), folder)
+    for edit in ({"target_accent": "B"}, {"config": {**meta["config"], "lora_alpha": 64.0}}, {"short_clips": True}):
+        (folder / "adapter.json").write_text(json.dumps({**meta, **edit}))
+        with pytest.raises(SpeechtlError, match=r"adapter\.json: its entries changed since the adapter was saved"):
+            load_adapter(w2v(), folder)
+    (folder / "adapter.json").write_text(saved)
+    load_adapter(w2v(), folder)
 
 
 def test_a_damaged_adapter_json_is_one_error_naming_it(tmp_path):

@@ -72,7 +72,7 @@ def adapters(base_dir, tmp_path_factory) -> dict[str, Path]:
     older = folder / "older"  # a folder saved before the record existed: same weights, no short_clips key
     shutil.copytree(short, older)
     meta = json.loads((older / "adapter.json").read_text())
-    del meta["short_clips"]
+    del meta["short_clips"], meta["meta_sha256"]
     (older / "adapter.json").write_text(json.dumps(meta))
     return {"short": short, "padded": padded, "older": older}
 

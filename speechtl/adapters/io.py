@@ -39,9 +39,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checksums import sha256_file
+from ..checksums import record_checksum, sha256_file
 from ..errors import SpeechtlError
-from ..fileio import default_permissions
+from ..fileio import atomic_replace_dir, default_permissions
 
 if TYPE_CHECKING:
     from ..transfer import AdaptedModel
@@ -55,6 +55,7 @@ META = "adapter.json"
 SHAPE_KEYS = ("method", "target_modules", "target_regex", "target_layers", "modules_to_save", "lora_r", "lora_alpha",
               "bottleneck_style", "bottleneck_reduction", "bottleneck_dim", "bottleneck_activation")
 REQUIRED = {"base_model": str, "base_checksum": str, "method": str, "config": dict}  # adapter.json's entries
+META_CHECKSUM = "meta_sha256"  # adapter.json's own record: the sha256 of every other entry
 HEAD_KINDS = {"CTCHead": "ctc", "ClassifierHead": "classifier"}  # a saved head's type -> AdaptConfig.head
 
 
@@ -129,14 +130,15 @@ def save_adapter(model: AdaptedModel, directory: str | os.PathLike, **meta: Any)
             "files": {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                       for p in sorted(tmp.rglob("*.safetensors"))},
         }
+        info = json.loads(json.dumps(info))  # hashed as it will read back (tuples as lists)
+        info[META_CHECKSUM] = record_checksum(info, META_CHECKSUM)
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
         for path in tmp.rglob("*"):
             default_permissions(path)  # safetensors writes its files 0600
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
         default_permissions(tmp)
-        _swap_in(tmp, directory)
+        # Flushed, then one rename; an earlier folder is moved aside first and put back if the rename fails.
+        if not atomic_replace_dir(tmp, directory, overwrite=True):
+            raise SpeechtlError(f"{directory}: another process wrote an adapter there meanwhile; save again")
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):  # disk full, quota, permissions: nothing half-written is left
@@ -144,17 +146,6 @@ def save_adapter(model: AdaptedModel, directory: str | os.PathLike, **meta: Any)
                                 "choose another folder") from e
         raise
     return directory
-
-
-def _swap_in(tmp: Path, directory: Path) -> None:
-    """Replace ``directory`` by the finished folder ``tmp`` (the old one is removed only after the rename)."""
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
 
 
 def _describe_head(head: nn.Module | None) -> dict[str, Any] | None:

@@ -19,9 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..checksums import sha256_file
+from ..checksums import record_checksum, sha256_file
 from ..errors import SpeechtlError
-from .io import FORMAT, HEAD_KINDS, META, REQUIRED, SHAPE_KEYS, VERSION, WEIGHTS, weights_checksum
+from .io import FORMAT, HEAD_KINDS, META, META_CHECKSUM, REQUIRED, SHAPE_KEYS, VERSION, WEIGHTS, weights_checksum
 
 if TYPE_CHECKING:
     from ..config import AdaptConfig
@@ -86,6 +86,10 @@ class SavedAdapter:
         if not isinstance(meta.get("files", {}), dict):
             raise SpeechtlError(f"{path}: 'files' is not a mapping of file records; the adapter folder is damaged: "
                                 "save the adapter again")
+        # Folders saved before the record existed have none; the checks above are all there is for them.
+        if META_CHECKSUM in meta and meta[META_CHECKSUM] != record_checksum(meta, META_CHECKSUM):
+            raise SpeechtlError(f"{path}: its entries changed since the adapter was saved (their sha256 differs from "
+                                f"{META_CHECKSUM}); the adapter folder was edited or damaged: save or copy it again")
         return cls(directory, meta)
 
     # -- what adapter.json says --------------------------------------------------------------------
