@@ -19,6 +19,7 @@ reads them back. ``adapted.compare(baseline)`` gives a :class:`~speechtl.compari
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import warnings
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import render
+from .checksums import record_checksum
 from .errors import SpeechtlError
 from .fileio import atomic_write_text
 from .stats import CI_LEVEL, N_BOOTSTRAP, bootstrap_wers, percentile_interval, seeded_rng, speaker_totals
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from .comparison import Comparison
 
 TOP_CONFUSIONS = 20
+REPORT_SHA256 = "report_sha256"  # report.json's own record: the sha256 of its other entries
+UTTERANCES_SHA256 = "utterances_sha256"  # and of the utterances.jsonl written beside it
 # PairScore's counts and texts in utterances.jsonl, in file order ("wer" is written, not read back).
 _SCORE_KEYS = ("ref", "hyp", "ref_norm", "hyp_norm", "wer", "hits", "substitutions", "deletions", "insertions",
                "ref_words", "hyp_words", "ref_chars", "char_errors")
@@ -305,15 +309,18 @@ class Report:
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "utterances.jsonl", "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n"
-                                                        for r in self.utterances))
+        utterances = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in self.utterances)
+        atomic_write_text(out / "utterances.jsonl", utterances)
         atomic_write_text(out / "report.md", self.to_markdown())
         if plots and self.accents:
             from .plots import plot_wer_per_accent
 
             plot_wer_per_accent(self, out / "wer_per_accent.png")
-        # report.json last: it is never newer than the files it describes.
-        atomic_write_text(out / "report.json", json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+        # report.json last: it is never newer than the files it describes, and records what load checks.
+        record = json.loads(json.dumps(self.to_json()))
+        record[UTTERANCES_SHA256] = hashlib.sha256(utterances.encode("utf-8")).hexdigest()
+        record[REPORT_SHA256] = record_checksum(record, REPORT_SHA256)
+        atomic_write_text(out / "report.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         return out / "report.json"
 
     @classmethod
@@ -330,8 +337,21 @@ class Report:
             raise SpeechtlError(f"{p}: not valid JSON ({e}); the report is damaged, evaluate again") from None
         if not isinstance(obj, dict) or not {"meta", "overall", "accents", "speakers"} <= set(obj):
             raise SpeechtlError(f"{p}: not a speechtl report (needs meta, overall, accents, speakers)")
+        # Reports written before the records existed have neither; the checks below are all there is for them.
+        if REPORT_SHA256 in obj and obj[REPORT_SHA256] != record_checksum(obj, REPORT_SHA256):
+            raise SpeechtlError(f"{p}: its entries changed since speechtl-eval wrote it (their sha256 differs from "
+                                f"{REPORT_SHA256}); evaluate again")
         utts_path = p.parent / "utterances.jsonl"
         records: list[UtteranceRecord] = []
+        if UTTERANCES_SHA256 in obj:
+            try:
+                data = utts_path.read_bytes()
+            except FileNotFoundError:
+                raise SpeechtlError(f"{utts_path}: missing, but {p.name} was written with it; copy it back beside "
+                                    f"{p.name} or evaluate again") from None
+            if hashlib.sha256(data).hexdigest() != obj[UTTERANCES_SHA256]:
+                raise SpeechtlError(f"{utts_path}: changed since speechtl-eval wrote it (its sha256 differs from the "
+                                    f"one {p.name} records); evaluate again")
         if utts_path.is_file():
             for lineno, line in enumerate(utts_path.read_text(encoding="utf-8").splitlines(), start=1):
                 if not line.strip():

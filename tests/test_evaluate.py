@@ -169,6 +169,29 @@ def test_report_save_load_round_trip(tmp_path):
         Report.load(tmp_path / "bad")
 
 
+def test_a_report_changed_after_it_was_written_is_refused(tmp_path):
+    utts = make_utts({"US": 2, "Indian": 2})
+    evaluate("fake-model", utts, transcriber=corrupt({"US": 1, "Indian": 3}), n_bootstrap=20, out_dir=tmp_path / "r")
+    report, lines = tmp_path / "r" / "report.json", tmp_path / "r" / "utterances.jsonl"
+    saved_report, saved_lines = report.read_text(), lines.read_text()
+    obj = json.loads(saved_report)
+    report.write_text(json.dumps(obj))  # the same entries, laid out differently: still fine
+    Report.load(tmp_path / "r")
+    obj["overall"]["wer"] = 0.0
+    report.write_text(json.dumps(obj))
+    with pytest.raises(SpeechtlError, match=r"report\.json: its entries changed since speechtl-eval wrote it"):
+        Report.load(tmp_path / "r")
+    report.write_text(saved_report)
+    lines.write_text(saved_lines.replace('"hyp": "', '"hyp": "x ', 1))
+    with pytest.raises(SpeechtlError, match=r"utterances\.jsonl: changed since speechtl-eval wrote it"):
+        Report.load(tmp_path / "r")
+    lines.unlink()
+    with pytest.raises(SpeechtlError, match=r"utterances\.jsonl: missing, but report\.json was written with it"):
+        Report.load(tmp_path / "r")
+    lines.write_text(saved_lines)
+    assert Report.load(tmp_path / "r").overall.utterances == len(utts)
+
+
 # -- comparison -------------------------------------------------------------------------------
 
 
