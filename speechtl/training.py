@@ -146,6 +146,8 @@ def train(
     if cfg.load_best_at_end and progress.best_step is not None and progress.best_step != progress.step:
         best = load_checkpoint(ckpt_dir / "best.pt")
         load_trainable(model, best.trainable, source=best.source)
+        # A damaged best.pt falls back (with a warning) to best.prev.pt, an earlier best: report what was loaded.
+        progress.best_step, progress.best_metric = best.progress.best_step, best.progress.best_metric
     log.write({"step": progress.step, "event": "end", "best_metric": progress.best_metric,
                "best_step": progress.best_step, "stopped_early": stopped_early})
     if info.owns_group:

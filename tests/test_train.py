@@ -193,6 +193,28 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
 
 
+def test_a_damaged_best_checkpoint_reports_the_earlier_best_it_falls_back_to(tmp_path):
+    scores = iter([3.0, 2.0, 2.5, 2.2])
+    seen: list[torch.Tensor] = []
+
+    def dev_fn(model):
+        seen.append(model[3].weight.detach().clone())
+        if len(seen) == 4:  # before the run ends: best.pt (step 4) is damaged on disk, best.prev.pt (step 2) is not
+            best = tmp_path / "checkpoints" / "best.pt"
+            data = bytearray(best.read_bytes())
+            data[len(data) // 2] ^= 1
+            best.write_bytes(bytes(data))
+        return {"wer": next(scores)}
+
+    model = toy()
+    with pytest.warns(RuntimeWarning, match=r"best\.pt: .*using best\.prev\.pt \(step 2\)"):
+        result = train(model, MSE(), loader(), dev_fn=dev_fn,
+                       config=cfg(max_steps=20, eval_every=2, early_stopping_patience=2), out_dir=tmp_path)
+    assert result.steps == 8
+    assert result.best_step == 2 and result.best_metric == 3.0  # what the weights kept were scored
+    assert torch.equal(model[3].weight, seen[0])
+
+
 def test_a_tie_on_the_metric_goes_to_the_lower_dev_loss(tmp_path):
     # Accuracy on a small dev set saturates early; the more confident later model must be kept.
     evals = iter([(0.0, 0.6), (0.0, 0.3), (0.0, 0.4), (0.1, 0.1)])
