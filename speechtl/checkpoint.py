@@ -281,6 +281,9 @@ def verified_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     path = Path(path)
     prev = _previous(path)
     files = _read_checksums(path.parent)
+    if files == {}:  # there, but unreadable: nothing can be verified, and it is not the checkpoints' fault
+        raise SpeechtlError(f"{path.parent / CHECKSUMS}: unreadable, so no checkpoint can be verified; restore it, "
+                            "or start the run again without resume")
     known = None if files is None else {(e.get("sha256"), e.get("size")) for e in files.values() if isinstance(e, dict)}
     problems: list[str] = []
     for candidate in (path, prev):

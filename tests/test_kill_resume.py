@@ -202,6 +202,14 @@ def test_a_damaged_or_foreign_last_checkpoint_without_a_previous_one_is_one_erro
     assert str(last) in message and "\n" not in message
 
 
+def test_an_unreadable_checksum_record_is_named_rather_than_blamed_on_the_checkpoints(tmp_path):
+    run(tmp_path, max_steps=2)
+    (tmp_path / "checkpoints" / "checksums.json").write_text('{"version": 1, "fi')
+    with pytest.raises(SpeechtlError, match=r"checkpoints/checksums.json: unreadable, so no checkpoint can be "
+                                            r"verified; restore it, or start the run again without resume"):
+        run(tmp_path, resume=True)
+
+
 def test_resuming_with_other_trainable_parameters_names_the_checkpoint(tmp_path):
     run(tmp_path, max_steps=2)
     model = toy()
