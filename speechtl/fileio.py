@@ -159,5 +159,5 @@ def check_apart(out: str | os.PathLike, sources: dict[str, str | os.PathLike | N
             continue
         src = Path(src).resolve()
         if target == src or src in target.parents or target in src.parents:
-            raise SpeechtlError(f"--out {out} overlaps the {what} folder {src}; the {what} is only read: write "
-                                f"{writes} to a folder of its own")
+            raise SpeechtlError(f"the output folder {out} overlaps the {what} folder {src}; the {what} is only read: "
+                                f"write {writes} to a folder of its own")
