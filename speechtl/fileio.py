@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -76,17 +78,43 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _owner() -> str:
+    """This process as a staging folder's name records it: host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_dead_staging(final_dir: Path) -> None:
+    """Staging folders of ``final_dir`` left by processes of this host that are gone (killed mid-write).
+
+    A folder of a live process, of another host, or without a recorded owner is left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(final_dir.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp")
+    host = socket.gethostname()
+    for stale in final_dir.parent.glob(f".{final_dir.name}.*.tmp"):
+        m = pattern.fullmatch(stale.name)
+        if m is None or m["host"] != host or not stale.is_dir():
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (PermissionError, OverflowError):  # alive, another user's; or no such pid at all here
+            continue
+
+
 @contextlib.contextmanager
 def staging_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
-    """A fresh hidden folder beside ``final_dir`` (``.<name>.<random>.tmp``), removed on exit.
+    """A fresh hidden folder beside ``final_dir`` (``.<name>.<host>-<pid>.<random>.tmp``), removed on exit.
 
     Beside, so that :func:`atomic_replace_dir` can rename it onto ``final_dir`` (same filesystem).
-    It gets the permissions a plain ``mkdir`` would give, not ``mkdtemp``'s private 0700.
+    It gets the permissions a plain ``mkdir`` would give, not ``mkdtemp``'s private 0700. Folders
+    that killed writers of ``final_dir`` on this host left behind are removed first.
     """
     final_dir = Path(final_dir)
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+        remove_dead_staging(final_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.{_owner()}.", suffix=".tmp", dir=final_dir.parent))
         default_permissions(tmp)
     except OSError as e:
         raise SpeechtlError(

@@ -230,6 +230,28 @@ def test_a_source_with_checksums_is_verified_before_it_is_read(random_ct2, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_staging_folder_a_killed_writer_left_is_removed_by_the_next_write(random_ct2, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)  # a process of this host that has exited
+    host = socket.gethostname()
+    left = {"dead writer": tmp_path / f".hf.{host}-{gone}.k3j9x0qa.tmp",
+            "live writer": tmp_path / f".hf.{host}-{os.getpid()}.k3j9x0qa.tmp",
+            "another host's": tmp_path / f".hf.elsewhere-{gone}.k3j9x0qa.tmp",
+            "no recorded owner": tmp_path / ".hf.k3j9x0qa.tmp"}
+    for folder in left.values():
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half-written")
+    assert (convert_ct2_whisper(random_ct2("float32"), tmp_path / "hf") / "model.safetensors").is_file()
+    assert not left["dead writer"].exists()
+    assert all(left[k].is_dir() for k in ("live writer", "another host's", "no recorded owner"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["hf", *(p.name for k, p in left.items()
+                                                                          if k != "dead writer")])
+
+
 def test_interrupted_conversion_leaves_nothing(random_ct2, tmp_path, monkeypatch):
     import safetensors.torch
 

@@ -30,8 +30,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +39,7 @@ from torch import nn
 
 from ..checksums import record_checksum, sha256_file
 from ..errors import SpeechtlError
-from ..fileio import atomic_replace_dir, default_permissions
+from ..fileio import atomic_replace_dir, default_permissions, staging_dir
 
 if TYPE_CHECKING:
     from ..transfer import AdaptedModel
@@ -103,48 +101,43 @@ def save_adapter(model: AdaptedModel, directory: str | os.PathLike, **meta: Any)
         raise SpeechtlError("the adapter was merged into the base weights; save the whole model with "
                             "model.backbone.model.save_pretrained(folder) instead")
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
-        state = trained_state(model)
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        if model.adapters is not None:
-            model.adapters.save_native(tmp)
-        info = {
-            "format": FORMAT,
-            "version": VERSION,
-            "base_model": model.name,
-            "base_checksum": model.base_checksum,
-            "method": model.method,
-            "config": dataclasses.asdict(model.config),
-            "adapters": model.adapter_names,
-            "active": model.active_adapter,
-            "head": _describe_head(model.head),
-            # Whisper: trained on clips padded to each batch's longest (true) or to 30 s (false); null
-            # where it does not apply. Transcription decodes short only after short training.
-            "short_clips": model.trained_short_clips,
-            "trainable_parameters": model.num_trainable(),
-            "total_parameters": model.num_parameters(),
-            **meta,
-            # Written last, over the finished weights files: what every read verifies them against.
-            "files": {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                      for p in sorted(tmp.rglob("*.safetensors"))},
-        }
-        info = json.loads(json.dumps(info))  # hashed as it will read back (tuples as lists)
-        info[META_CHECKSUM] = record_checksum(info, META_CHECKSUM)
-        (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
-        for path in tmp.rglob("*"):
-            default_permissions(path)  # safetensors writes its files 0600
-        default_permissions(tmp)
-        # Flushed, then one rename; an earlier folder is moved aside first and put back if the rename fails.
-        if not atomic_replace_dir(tmp, directory, overwrite=True):
-            raise SpeechtlError(f"{directory}: another process wrote an adapter there meanwhile; save again")
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):  # disk full, quota, permissions: nothing half-written is left
-            raise SpeechtlError(f"{directory}: cannot write the adapter ({e.strerror or e}); free disk space or "
-                                "choose another folder") from e
-        raise
+        with staging_dir(directory) as tmp:  # removed on any failure: nothing half-written is left
+            state = trained_state(model)
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+            if model.adapters is not None:
+                model.adapters.save_native(tmp)
+            info = {
+                "format": FORMAT,
+                "version": VERSION,
+                "base_model": model.name,
+                "base_checksum": model.base_checksum,
+                "method": model.method,
+                "config": dataclasses.asdict(model.config),
+                "adapters": model.adapter_names,
+                "active": model.active_adapter,
+                "head": _describe_head(model.head),
+                # Whisper: trained on clips padded to each batch's longest (true) or to 30 s (false); null
+                # where it does not apply. Transcription decodes short only after short training.
+                "short_clips": model.trained_short_clips,
+                "trainable_parameters": model.num_trainable(),
+                "total_parameters": model.num_parameters(),
+                **meta,
+                # Written last, over the finished weights files: what every read verifies them against.
+                "files": {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                          for p in sorted(tmp.rglob("*.safetensors"))},
+            }
+            info = json.loads(json.dumps(info))  # hashed as it will read back (tuples as lists)
+            info[META_CHECKSUM] = record_checksum(info, META_CHECKSUM)
+            (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
+            for path in tmp.rglob("*"):
+                default_permissions(path)  # safetensors writes its files 0600
+            # Flushed, then one rename; an earlier folder is moved aside first and put back if the rename fails.
+            if not atomic_replace_dir(tmp, directory, overwrite=True):
+                raise SpeechtlError(f"{directory}: another process wrote an adapter there meanwhile; save again")
+    except OSError as e:  # disk full, quota, permissions
+        raise SpeechtlError(f"{directory}: cannot write the adapter ({e.strerror or e}); free disk space or "
+                            "choose another folder") from e
     return directory
 
 
