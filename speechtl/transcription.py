@@ -102,7 +102,10 @@ def transcribe(
             default of ``speechtl-adapt``; an export records it too) encodes each batch at its longest
             segment, which is several times faster on short clips; the base model, soft mixtures and
             adapters trained at 30 s (or saved before the record) pad to 30 s, since the pretrained
-            model loops on unpadded clips. A segment that ``"auto"`` decoded short and whose transcript
+            model loops on unpadded clips. Under ``"auto"`` only whole clips (inputs of one segment, up to 30 s)
+            decode short: the segments of a long recording, which may hold several utterances, pad to 30 s, as
+            an adapter trained on single utterances stops after the first when decoding such a segment
+            unpadded. A clip that ``"auto"`` decoded short and whose transcript
             still loops after the fallback (compression ratio above
             ``decode_options.compression_ratio_threshold``) is decoded again at 30 s, and that result is kept unless it
             loops too. ``"on"`` (True) or ``"off"`` (False) decides for every route, with no retry.
@@ -179,10 +182,12 @@ def transcribe(
         # freed once decoded.
         held = dict(enumerate(waves))
         del waves
-    # Segments sharing a route run together, so each adapter setting is switched to once.
+    # Segments sharing a route run together, so each adapter setting is switched to once; a long input's
+    # segments and whole clips run apart, as "auto" decodes only whole clips short (see trained_short).
+    whole = [sources[k].duration <= MAX_SEGMENT_SECONDS for k, _ in jobs]
     by_route: dict[tuple, list[int]] = defaultdict(list)
     for j in range(len(jobs)):
-        by_route[routes[j].key if routes else ()].append(j)
+        by_route[(routes[j].key if routes else (), whole[j])].append(j)
     plan = []
     for key, members in by_route.items():
         order = sorted(members, key=lambda j: -jobs[j][1].samples)
@@ -195,7 +200,8 @@ def transcribe(
     with torch.no_grad():
         for idx in tqdm(plan, desc="transcribe", unit="batch", disable=not show):
             route_ = routes[idx[0]] if routes else None
-            cut = None if not seq2seq else forced if forced is not None else trained_short(runner, router, route_)
+            cut = None if not seq2seq else forced if forced is not None else (
+                whole[idx[0]] and trained_short(runner, router, route_))
             with router.using(route_) if router is not None else nullcontext():
                 batch = [wave(j) for j in idx]
                 got = _decode_batch(runner, batch, opts, cut)

@@ -197,13 +197,13 @@ def test_the_30s_retry_keeps_the_padded_result_only_where_it_does_not_loop(monke
     assert calls == []  # no threshold, no retry
 
 
-def test_a_long_input_is_short_only_if_every_segment_stayed_short(base_dir, adapters, monkeypatch):
+def test_auto_decodes_a_long_inputs_segments_at_30s_and_only_whole_clips_short(base_dir, adapters, monkeypatch):
     from speechtl import transcription
     from speechtl.segments import Planned
 
     rate, loop, fine = 16000, "la la la la la la la la la la la la la la la la", "a plain short sentence"
-    # Input 0: three segments, the middle one (18 s) loops when decoded short; input 1: two clean segments;
-    # input 2: a clip. Segments are told apart by their lengths.
+    # Input 0: three segments of a 70-s recording; input 1: two of a 40-s one; inputs 2 and 3: clips, the 18-s
+    # one looping when decoded short. Segments are told apart by their lengths.
     layout = {70: [(0, 22), (25, 43), (50, 60)], 40: [(0, 12), (20, 28)]}
 
     def plan_segments(src, vad=None):
@@ -220,14 +220,19 @@ def test_a_long_input_is_short_only_if_every_segment_stayed_short(base_dir, adap
 
     monkeypatch.setattr(transcription, "plan_segments", plan_segments)
     monkeypatch.setattr(transcription, "_decode_batch", decode_batch)
-    inputs = [np.zeros(70 * rate, np.float32), np.zeros(40 * rate, np.float32), np.zeros(rate // 2, np.float32)]
+    inputs = [np.zeros(70 * rate, np.float32), np.zeros(40 * rate, np.float32), np.zeros(18 * rate, np.float32),
+              np.zeros(rate // 2, np.float32)]
     got = speechtl.transcribe(base_dir, inputs, adapter=adapters["short"], return_segments=True, batch_size=8,
                               decode_options=PLAIN.with_(compression_ratio_threshold=2.4))
-    assert calls == [([22, 18, 12, 10, 8, 0.5], True), ([18], False)]  # one short batch, then the loop at 30 s
-    assert [len(t.segments) for t in got] == [3, 2, 1]
-    assert [s.text for s in got[0].segments] == [fine] * 3  # the 30-s result replaced the loop
-    # The middle segment of input 0 ran at 30 s, so that input is not short, though its first and last were.
-    assert [t.short_clips for t in got] == [False, True, True]
+    # The recordings' segments in one batch at 30 s; the clips in one short batch, then the loop again at 30 s.
+    assert calls == [([22, 18, 12, 10, 8], False), ([18, 0.5], True), ([18], False)]
+    assert [len(t.segments) for t in got] == [3, 2, 1, 1]
+    assert [t.text for t in got[2:]] == [fine, fine]  # the 30-s result replaced the loop
+    assert [t.short_clips for t in got] == [False, False, False, True]
+    calls.clear()
+    speechtl.transcribe(base_dir, inputs[:2], adapter=adapters["short"], short_clips="on", batch_size=8,
+                        decode_options=PLAIN)
+    assert calls == [([22, 18, 12, 10, 8], True)]  # "on" decides for every segment
 
 
 @pytest.mark.parametrize("which", ["padded", "older"])
