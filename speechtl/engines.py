@@ -34,13 +34,9 @@ def resolve_ct2_folder(model: str | os.PathLike) -> Path:
     if not folder.is_dir():
         raise ModelNotFoundError(f"{model}: not a folder nor a packaged model ({', '.join(sorted(PACKAGED))}); "
                                  "--engine ct2 takes a CTranslate2 Whisper folder (speechtl-export --format ct2)")
-    from .checksums import CHECKSUMS, verify_checksums
-    from .exporting import EXPORT_INFO, verify_export
+    from .exporting import verify_model_folder
 
-    if (folder / EXPORT_INFO).is_file():
-        verify_export(folder)
-    elif (folder / CHECKSUMS).is_file():  # written by speechtl (its export record removed?): still verified
-        verify_checksums(folder)
+    verify_model_folder(folder)
     if not (folder / "model.bin").is_file():
         hint = ""
         if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():

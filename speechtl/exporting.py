@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checksums import verify_checksums, write_checksums
+from .checksums import CHECKSUMS, verify_checksums, write_checksums
 from .errors import SpeechtlError
 from .fileio import check_apart
 
@@ -181,6 +181,17 @@ def _save_ct2(backbone, folder: Path, quantization: str) -> None:
         os.replace(p, folder / p.name)
     shutil.rmtree(hf)
     converted.rmdir()
+
+
+def verify_model_folder(folder: str | os.PathLike) -> None:
+    """Verify a model folder speechtl wrote before anything in it is read: an export against its checksums
+    (one whose ``checksums.json`` is gone is refused), any other folder with a ``checksums.json`` (a converted
+    model) against that. A folder with neither is not speechtl's: there is nothing to check it against."""
+    folder = Path(folder)
+    if (folder / EXPORT_INFO).is_file():
+        verify_export(folder)
+    elif (folder / CHECKSUMS).is_file():
+        verify_checksums(folder)
 
 
 def verify_export(folder: str | os.PathLike) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..checksums import CHECKSUMS, verify_checksums
 from ..errors import ModelNotFoundError
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
@@ -60,14 +59,9 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
         return _REGISTRY[key](**kwargs)
     path = Path(key).expanduser()
     if path.is_dir():
-        from ..exporting import EXPORT_INFO, verify_export
+        from ..exporting import verify_model_folder
 
-        # A folder speechtl wrote (an export, a converted model) is verified before anything in it is read;
-        # an export whose checksums.json is gone is refused, not loaded unchecked.
-        if (path / EXPORT_INFO).is_file():
-            verify_export(path)
-        elif (path / CHECKSUMS).is_file():
-            verify_checksums(path)
+        verify_model_folder(path)  # an export or a converted model, before anything in it is read
         cfg = path / "config.json"
         if not cfg.is_file():
             raise ModelNotFoundError(f"{path}: folder has no config.json; give a Hugging Face model folder")
