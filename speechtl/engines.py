@@ -118,7 +118,9 @@ class Ct2Whisper:
         info = self.info()
         self.max_positions = int(info.get("max_target_positions") or 448)
         # Whether the export may decode unpadded clips (its adapter trained on them; None: not recorded).
-        self.trained_short_clips = info.get("short_clips") if isinstance(info.get("short_clips"), bool) else None
+        from .exporting import export_short_clips
+
+        self.trained_short_clips = export_short_clips(info)
 
     def info(self) -> dict[str, Any]:
         meta = self.folder / "speechtl_export.json"

@@ -13,7 +13,7 @@ written as they are. Bottleneck adapters add modules neither format can hold, an
 (``features``) is not a Whisper or CTC model: both are refused. The export folder appears
 complete or not at all, carries ``speechtl_export.json`` (base model and its checksum, adapter
 and its checksum, format, quantization, whether it may decode unpadded clips (``short_clips``,
-from the adapter), speechtl version) and ``checksums.json`` over every file,
+from the adapter; both engines read it), speechtl version) and ``checksums.json`` over every file,
 which every reader checks. The base model's files are only read.
 """
 
@@ -118,7 +118,9 @@ def export(
         },
         "max_target_positions": getattr(hf_model.config, "max_target_positions", None),
         # Whisper: whether it may decode clips unpadded (its adapter trained so); transcription's auto reads it.
-        "short_clips": None if getattr(backbone, "task", None) != "seq2seq" else bool(saved and saved.short_clips),
+        # An export exported again without an adapter keeps its own record.
+        "short_clips": None if getattr(backbone, "task", None) != "seq2seq" else (
+            saved.short_clips is True if saved is not None else getattr(backbone, "trained_short_clips", None) is True),
         "speechtl_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -183,15 +185,25 @@ def _save_ct2(backbone, folder: Path, quantization: str) -> None:
     converted.rmdir()
 
 
-def verify_model_folder(folder: str | os.PathLike) -> None:
+def verify_model_folder(folder: str | os.PathLike) -> dict[str, Any] | None:
     """Verify a model folder speechtl wrote before anything in it is read: an export against its checksums
     (one whose ``checksums.json`` is gone is refused), any other folder with a ``checksums.json`` (a converted
-    model) against that. A folder with neither is not speechtl's: there is nothing to check it against."""
+    model) against that. A folder with neither is not speechtl's: there is nothing to check it against.
+
+    Returns an export's ``speechtl_export.json``, None for any other folder."""
     folder = Path(folder)
     if (folder / EXPORT_INFO).is_file():
-        verify_export(folder)
-    elif (folder / CHECKSUMS).is_file():
+        return verify_export(folder)
+    if (folder / CHECKSUMS).is_file():
         verify_checksums(folder)
+    return None
+
+
+def export_short_clips(info: dict[str, Any] | None) -> bool | None:
+    """Whether an export may decode clips unpadded (its adapter trained on them), from its
+    ``speechtl_export.json``; None where it is not recorded (a CTC model, or not an export)."""
+    value = (info or {}).get("short_clips")
+    return value if isinstance(value, bool) else None
 
 
 def verify_export(folder: str | os.PathLike) -> dict[str, Any]:

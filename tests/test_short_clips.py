@@ -303,6 +303,26 @@ def test_the_export_says_whether_it_may_decode_short_and_ct2_does(base_dir, adap
     assert [t.short_clips for t in padded] == [False] * 4
 
 
+def test_a_transformers_export_decodes_on_pytorch_as_its_adapter_trained(base_dir, adapters, waves, tmp_path,
+                                                                        frames):
+    short = export(None, tmp_path / "short", adapter=adapters["short"])
+    assert speechtl.create_backbone(short).trained_short_clips is True
+    texts = speechtl.transcribe(short, waves, decode_options=PLAIN, return_segments=True)
+    assert [t.short_clips for t in texts] == [True] * 4 and max(frames) == 200  # cut at the longest clip, not 30 s
+    merged = load_adapter(speechtl.create_backbone(base_dir), adapters["short"])
+    merged.merge_adapter()
+    assert [t.text for t in texts] == _one_by_one(merged, waves, short=True)
+    # Exported again with no adapter, the export keeps its record.
+    again = export(short, tmp_path / "again")
+    assert verify_export(again)["short_clips"] is True
+
+    frames.clear()
+    padded = export(None, tmp_path / "padded", adapter=adapters["padded"])
+    assert speechtl.create_backbone(padded).trained_short_clips is False
+    texts = speechtl.transcribe(padded, waves, decode_options=PLAIN, return_segments=True)
+    assert [t.short_clips for t in texts] == [False] * 4 and set(frames) == {FULL}
+
+
 def test_cli_decodes_short_by_default_when_the_adapter_allows_and_says_so(base_dir, adapters, waves, tmp_path,
                                                                            capsys):
     clip = tmp_path / "clip.wav"

@@ -59,9 +59,9 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
         return _REGISTRY[key](**kwargs)
     path = Path(key).expanduser()
     if path.is_dir():
-        from ..exporting import verify_model_folder
+        from ..exporting import export_short_clips, verify_model_folder
 
-        verify_model_folder(path)  # an export or a converted model, before anything in it is read
+        info = verify_model_folder(path)  # an export or a converted model, before anything in it is read
         cfg = path / "config.json"
         if not cfg.is_file():
             raise ModelNotFoundError(f"{path}: folder has no config.json; give a Hugging Face model folder")
@@ -73,7 +73,11 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
         if builder is None:
             known = ", ".join(sorted(_MODEL_TYPES))
             raise ModelNotFoundError(f"{path}: model_type {model_type!r} is not supported; supported: {known}")
-        return builder(str(path), **kwargs)
+        backbone = builder(str(path), **kwargs)
+        if info is not None:
+            # Transcription's short_clips=auto decodes an export as its adapter trained (unpadded or 30 s).
+            backbone.trained_short_clips = export_short_clips(info)
+        return backbone
     for prefix, builder in _HUB_FAMILIES:
         if key.startswith(prefix):
             return builder(key, **kwargs)
