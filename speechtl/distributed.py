@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -93,3 +94,21 @@ def mean_over_ranks(value: float, info: DistInfo) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return float(t.item()) / info.world_size
+
+
+def map_shards(fn: Callable[[list[Any]], list[Any]], items: Sequence[Any], rank: int = 0, world: int = 1) -> list[Any]:
+    """``fn(items)`` computed once across the ranks: each rank runs ``fn`` on its share (every ``world``-th
+    item from ``rank``), and every rank gets all the results in ``items``' order. ``fn`` returns one picklable
+    result per item it is given. With one process it is ``fn(items)``."""
+    items = list(items)
+    mine = list(fn(items[rank::world]))
+    if world == 1:
+        return mine
+    if len(mine) != len(items[rank::world]):
+        raise SpeechtlError(f"rank {rank}: {len(mine)} results for {len(items[rank::world])} items")
+    shards: list[Any] = [None] * world
+    dist.all_gather_object(shards, mine)
+    out: list[Any] = [None] * len(items)
+    for r, shard in enumerate(shards):
+        out[r::world] = shard
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from speechtl import recipes
 from speechtl.adapters import load_adapter
 from speechtl.backbones.whisper import WhisperBackbone
 from speechtl.config import load_config
+from speechtl.data.manifest import read_manifest
 from speechtl.decoding import DecodeOptions
 from speechtl.errors import SpeechtlError
 from speechtl.routing import BASE, Route, Router, parse_adapter_specs
@@ -220,6 +222,34 @@ def test_the_teacher_decodes_on_the_device_the_run_trains_on(monkeypatch, tone_m
                       method="lora")
     recipes.build(recipes.RunInputs("whisper-tiny-random", str(_manifest(tone_manifest))), cfg)
     assert seen == ["meta"]
+
+
+def test_under_torchrun_each_rank_transcribes_its_share_of_the_teacher_targets(monkeypatch, tone_manifest,
+                                                                              tmp_path):
+    seen = []
+
+    def teacher(backbone, waves, **kw):
+        seen.append(len(waves))
+        return [f"mine {i}" for i in range(len(waves))]
+
+    manifest = _manifest(tone_manifest)
+    utts = read_manifest(manifest)
+
+    def gather(shards, mine):  # rank 0's share (clips 0 and 2), as the process group would pass it to rank 1
+        shards[:] = [[dataclasses.replace(utts[i], text=f"theirs {k}") for k, i in enumerate((0, 2))], mine]
+
+    monkeypatch.setattr("speechtl.transcription.transcribe", teacher)
+    monkeypatch.setattr("speechtl.distributed.dist.all_gather_object", gather)
+    cfg = load_config(None, ["progress=false", "objective=short-context", "distill_targets=teacher"], method="lora")
+    built = recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)), cfg, world=2, rank=1)
+    assert seen == [2]  # clips 1 and 3 of the four: this rank's share only
+    # Every clip's transcript in its place: rank 0 had clips 0 and 2, rank 1 clips 1 and 3 (the dev clip).
+    assert {u.id: u.text for u in built.loader.dataset.utts} == {"u0": "theirs 0", "u1": "mine 0", "u2": "theirs 1"}
+    assert built.summary["dev_utterances"] == 1
+    built.save_state(tmp_path)  # the record holds all four, the dev clip's included
+    rows = [json.loads(line) for line in (tmp_path / "teacher_targets" / "targets.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["text"]) for r in rows] == [("u0", "theirs 0"), ("u1", "mine 0"), ("u2", "theirs 1"),
+                                                    ("u3", "mine 1")]
 
 
 def test_teacher_targets_leave_out_transcripts_longer_than_the_decoder_takes(monkeypatch, tone_manifest, capsys):

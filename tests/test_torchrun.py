@@ -95,3 +95,31 @@ def test_run_device_is_the_local_gpu_by_default(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.setenv("RANK", "2")  # torchrun's rank before the process group exists
     assert run_device() == torch.device("cuda", 2) and run_device(rank=0) == torch.device("cuda", 0)
+
+
+def _shard_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from speechtl.distributed import map_shards
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        given = []
+
+        def fn(items):
+            given.extend(items)
+            return [f"{x}:{rank}" for x in items]
+
+        results = map_shards(fn, [f"c{i}" for i in range(5)], rank, 2)
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump({"given": given, "results": results}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_map_shards_runs_each_item_on_one_rank_and_gives_every_rank_all_results_in_order(tmp_path):
+    torch.multiprocessing.spawn(_shard_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["given"] == ["c0", "c2", "c4"] and ranks[1]["given"] == ["c1", "c3"]
+    expected = ["c0:0", "c1:1", "c2:0", "c3:1", "c4:0"]
+    assert ranks[0]["results"] == ranks[1]["results"] == expected

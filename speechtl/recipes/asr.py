@@ -103,7 +103,7 @@ def replay_utterances(d, classification: bool) -> tuple[list, list]:
 
 
 def _teacher_targets(task, backbone, train_utts: list, durations: list, dev_utts: list, cfg: RunConfig, rank: int,
-                     resume_dir: Path | None) -> tuple[list, list, list, Callable[[Path], None] | None]:
+                     world: int, resume_dir: Path | None) -> tuple[list, list, list, Callable[[Path], None] | None]:
     """``objective=short-context distill_targets=teacher``: train and dev utterances with the base model's
     30-s transcripts as their text (with the training durations). Clips it transcribes as empty are left
     out, and training clips whose transcript is longer than ``backbone``'s decoder trains on (it can run
@@ -113,8 +113,9 @@ def _teacher_targets(task, backbone, train_utts: list, durations: list, dev_utts
     same clips. The fourth value writes freshly decoded ones there (:attr:`Run.save_state`), else None.
     The base model decodes on the device the run trains on (the ``device`` key: by default this
     process's GPU when there is one), and reports its pass on stderr (rank 0 only) if ``progress`` is on.
+    Under torchrun each of the ``world`` processes decodes a share of the clips, and all get every transcript.
     """
-    from ..distributed import run_device
+    from ..distributed import map_shards, run_device
     from ..short_context import TEACHER_TARGETS, load_teacher_targets, save_teacher_targets
 
     n, utts = len(train_utts), [*train_utts, *dev_utts]
@@ -128,8 +129,12 @@ def _teacher_targets(task, backbone, train_utts: list, durations: list, dev_utts
         if resume_dir is not None and (resume_dir / TEACHER_TARGETS).exists() and rank == 0:
             print(f"distill_targets=teacher: {resume_dir / TEACHER_TARGETS} holds the transcripts of other clips; "
                   "the base model transcribes these again", file=sys.stderr)
-        labelled = task.teacher_targets(utts, device=run_device(cfg.train.device, rank),
-                                        progress=cfg.train.progress and rank == 0)
+        if world > 1 and rank == 0:
+            print(f"distill_targets=teacher: the base model transcribes {len(utts)} clips, a share on each of "
+                  f"{world} processes", file=sys.stderr)
+        device, progress = run_device(cfg.train.device, rank), cfg.train.progress and rank == 0
+        labelled = map_shards(lambda share: task.teacher_targets(share, device=device, progress=progress), utts,
+                              rank, world)
         save = functools.partial(save_teacher_targets, utts=utts, labelled=labelled)
     heard = [i for i in range(n) if labelled[i] is not None]
     long = set(_too_long(backbone, [labelled[i] for i in heard], timestamps=cfg.data.timestamp_share > 0))
@@ -203,7 +208,7 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
         task = ShortContextTask(task, model, temperature=d.distill_temperature)
         if d.distill_targets == "teacher":
             train_utts, durations, dev_utts, save_state = _teacher_targets(
-                task, backbone, train_utts, durations, dev_utts, cfg, rank, resume_dir)
+                task, backbone, train_utts, durations, dev_utts, cfg, rank, world, resume_dir)
     elif d.distill_targets == "teacher":
         raise SpeechtlError("distill_targets=teacher applies to objective=short-context; set that objective "
                             "or remove the key")
