@@ -84,20 +84,26 @@ def _owner() -> str:
 
 
 def remove_dead_staging(final_dir: Path) -> None:
-    """Staging folders of ``final_dir`` left by processes of this host that are gone (killed mid-write).
+    """Tidy what writers of ``final_dir`` on this host left when they were killed mid-write.
 
-    A folder of a live process, of another host, or without a recorded owner is left alone.
+    Their staging folders (``.<name>.<host>-<pid>.<random>.tmp``) are removed. The previous folder an
+    overwrite had moved aside (``.<name>.<host>-<pid>.<n>.old``) is removed once ``final_dir`` exists,
+    and put back as ``final_dir`` when the writer died before its new folder took the place. A folder of
+    a live process, of another host, or without a recorded owner is left alone.
     """
-    pattern = re.compile(rf"\.{re.escape(final_dir.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp")
+    pattern = re.compile(rf"\.{re.escape(final_dir.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.(?P<kind>tmp|old)")
     host = socket.gethostname()
-    for stale in final_dir.parent.glob(f".{final_dir.name}.*.tmp"):
+    for stale in sorted(final_dir.parent.glob(f".{final_dir.name}.*")):
         m = pattern.fullmatch(stale.name)
         if m is None or m["host"] != host or not stale.is_dir():
             continue
         try:
             os.kill(int(m["pid"]), 0)
         except ProcessLookupError:
-            shutil.rmtree(stale, ignore_errors=True)
+            if m["kind"] == "old" and not final_dir.exists():
+                os.rename(stale, final_dir)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
         except (PermissionError, OverflowError):  # alive, another user's; or no such pid at all here
             continue
 
@@ -131,13 +137,14 @@ def atomic_replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike,
 
     Returns False when ``final_dir`` appeared, non-empty, in the meantime and ``overwrite`` is False
     (``tmp_dir`` is left for the caller to discard). With ``overwrite`` an existing ``final_dir`` is
-    moved aside first and deleted after the rename; if the rename fails it is put back.
+    moved aside first and deleted after the rename; if the rename fails it is put back (and if this process
+    is killed in between, the next :func:`staging_dir` of ``final_dir`` puts it back or removes it).
     """
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     _fsync_tree(tmp_dir)
     old = None
     if overwrite and final_dir.exists():
-        old = final_dir.parent / f".{final_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+        old = final_dir.parent / f".{final_dir.name}.{_owner()}.{time.monotonic_ns()}.old"  # see remove_dead_staging
         os.rename(final_dir, old)
     try:
         # rename() onto an empty folder replaces it and fails on a non-empty one: that is the race check.

@@ -252,6 +252,33 @@ def test_a_staging_folder_a_killed_writer_left_is_removed_by_the_next_write(rand
                                                                           if k != "dead writer")])
 
 
+def test_the_folder_an_overwrite_moved_aside_is_put_back_or_removed_after_its_writer_was_killed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from speechtl.fileio import atomic_replace_dir, staging_dir
+
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    host, final = socket.gethostname(), tmp_path / "adapter"
+    aside = tmp_path / f".adapter.{host}-{gone}.123.old"  # killed between moving the old folder aside and the new in
+    aside.mkdir()
+    (aside / "weights").write_text("previous")
+    live = tmp_path / f".adapter.{host}-{os.getpid()}.456.old"  # an overwrite still running
+    live.mkdir()
+    with staging_dir(final):
+        assert (final / "weights").read_text() == "previous" and not aside.exists()  # the last complete folder
+    # Killed after the new folder took the place: the moved-aside one is only in the way.
+    aside.mkdir()
+    with staging_dir(final) as tmp:
+        assert not aside.exists() and (final / "weights").read_text() == "previous"
+        (tmp / "weights").write_text("new")
+        assert atomic_replace_dir(tmp, final, overwrite=True)
+    assert (final / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["adapter", live.name])
+
+
 def test_interrupted_conversion_leaves_nothing(random_ct2, tmp_path, monkeypatch):
     import safetensors.torch
 
