@@ -101,7 +101,8 @@ def remove_dead_staging(final_dir: Path) -> None:
             os.kill(int(m["pid"]), 0)
         except ProcessLookupError:
             if m["kind"] == "old" and not final_dir.exists():
-                os.rename(stale, final_dir)
+                with contextlib.suppress(OSError):  # another writer's folder took the place meanwhile: keep it
+                    os.rename(stale, final_dir)
             else:
                 shutil.rmtree(stale, ignore_errors=True)
         except (PermissionError, OverflowError):  # alive, another user's; or no such pid at all here
