@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .checksums import sha256_file
 from .errors import SpeechtlError
 from .fileio import atomic_write_text
 
@@ -81,7 +82,8 @@ class CTCBeamDecoder:
         tokens: the CTC vocabulary, id -> token string (e.g. a wav2vec2 tokenizer's).
         blank_token: the blank (wav2vec2: ``<pad>``).
         word_delimiter: the token between words (wav2vec2: ``|``).
-        lm: an ARPA file (see :func:`build_arpa`) or a KenLM binary; None for no LM.
+        lm: an ARPA file (see :func:`build_arpa`) or a KenLM binary; None for no LM. A file with a
+            ``<lm>.sha256`` record beside it (as :func:`build_arpa` writes) is checked against it.
         lexicon_words: the words the decoder may output with an LM; by default the ARPA
             file's unigrams (required for a KenLM binary). Words with a character that has no
             token are skipped.
@@ -125,6 +127,7 @@ class CTCBeamDecoder:
             lm = Path(lm)
             if not lm.is_file():
                 raise SpeechtlError(f"{lm}: no such language model file; build one with speechtl.ctc_decode.build_arpa")
+            verify_lm(lm)
             if lexicon_words is None:
                 if _is_kenlm_binary(lm):
                     raise SpeechtlError(f"{lm}: a KenLM binary LM needs lexicon_words (its vocabulary is not readable)")
@@ -282,7 +285,8 @@ def build_arpa(
     probability. The ARPA backoff weight of ``h`` is ``D * N(h .) / a(h .)``, which makes
     back-off give exactly the interpolated probability of unseen n-grams.
 
-    Returns the path written (atomically).
+    Returns the path written (atomically), with its sha256 beside it in ``<path>.sha256`` (``sha256sum``'s
+    format), which :class:`CTCBeamDecoder` checks.
     """
     if order < 1:
         raise SpeechtlError(f"LM order must be at least 1, got {order}")
@@ -364,8 +368,31 @@ def build_arpa(
                 line += f"\t{math.log10(backoff[k][g]):.6f}"
             lines.append(line)
     lines += ["", "\\end\\", ""]
+    record = lm_checksum_path(out)
+    record.unlink(missing_ok=True)  # a record of an earlier LM must not outlive it
     atomic_write_text(out, "\n".join(lines))
+    atomic_write_text(record, f"{sha256_file(out)}  {out.name}\n")
     return out
+
+
+def lm_checksum_path(lm: str | os.PathLike) -> Path:
+    """Where :func:`build_arpa` records an LM file's sha256: ``<lm>.sha256`` beside it."""
+    lm = Path(lm)
+    return lm.with_name(lm.name + ".sha256")
+
+
+def verify_lm(lm: str | os.PathLike) -> None:
+    """Check an LM file against its ``<lm>.sha256`` record, if it has one (an LM from elsewhere has none)."""
+    lm, record = Path(lm), lm_checksum_path(lm)
+    if not record.is_file():
+        return
+    try:
+        expected = record.read_text(encoding="utf-8").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise SpeechtlError(f"{record}: unreadable sha256 record ({e or 'empty'}); build the LM again") from None
+    if sha256_file(lm) != expected:
+        raise SpeechtlError(f"{lm}: does not match its sha256 record {record.name} (modified or truncated); build "
+                            "the LM again (speechtl.ctc_decode.build_arpa), or delete the record to use it as it is")
 
 
 def build_arpa_from_manifest(

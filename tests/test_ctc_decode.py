@@ -66,6 +66,24 @@ def test_word_lm_changes_the_answer(tmp_path):
     assert CTCBeamDecoder(tokens, lm=lm, lm_weight=0.0)(em) == ["CAD"]
 
 
+def test_an_lm_changed_after_it_was_built_is_refused(tmp_path):
+    import hashlib
+
+    tokens = ["<pad>", "|", "C", "A", "T", "D"]
+    lm = build_arpa(["CAT"] * 3 + ["CAD"], tmp_path / "lm.arpa", order=2)
+    record = tmp_path / "lm.arpa.sha256"  # sha256sum's format, so `sha256sum -c lm.arpa.sha256` checks it too
+    assert record.read_text() == f"{hashlib.sha256(lm.read_bytes()).hexdigest()}  lm.arpa\n"
+    CTCBeamDecoder(tokens, lm=lm)
+    lm.write_text(lm.read_text().replace("CAD", "CAT", 1))
+    with pytest.raises(SpeechtlError, match=r"lm.arpa: does not match its sha256 record lm.arpa.sha256"):
+        CTCBeamDecoder(tokens, lm=lm)
+    # Built again at the same path, the record is the new LM's.
+    CTCBeamDecoder(tokens, lm=build_arpa(["CAT"] * 5, lm, order=2))
+    record.unlink()  # an LM without a record (from elsewhere) is used as it is
+    lm.write_text(lm.read_text().replace("CAT", "CAD"))
+    CTCBeamDecoder(tokens, lm=lm)
+
+
 def read_arpa(path: Path) -> tuple[dict[tuple, float], dict[tuple, float], int]:
     probs, backoffs, order, section = {}, {}, 0, 0
     for line in path.read_text().splitlines():
