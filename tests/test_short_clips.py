@@ -323,6 +323,19 @@ def test_a_transformers_export_decodes_on_pytorch_as_its_adapter_trained(base_di
     assert [t.short_clips for t in texts] == [False] * 4 and set(frames) == {FULL}
 
 
+def test_no_progress_also_silences_the_model_loading_bar(base_dir, waves, tmp_path, capsys):
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, waves[1], 16000)
+    common = [str(base_dir), str(clip), "--no-fallback"]
+    assert transcribe_main(common) == 0
+    assert "Loading weights" in capsys.readouterr().err  # transformers' own bar, as it loads the folder
+    assert transcribe_main([*common, "--no-progress"]) == 0
+    assert "Loading weights" not in capsys.readouterr().err
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # put back after the call
+
+
 def test_cli_decodes_short_by_default_when_the_adapter_allows_and_says_so(base_dir, adapters, waves, tmp_path,
                                                                            capsys):
     clip = tmp_path / "clip.wav"

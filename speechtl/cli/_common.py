@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..errors import SpeechtlError
@@ -55,6 +56,28 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _library_bars(show: bool) -> Iterator[None]:
+    """With ``--no-progress`` (``show`` False), transformers' and the hub's own bars (loading weights,
+    downloads) are off too for the call, and put back as they were after it."""
+    if show:
+        yield
+        return
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as hf_logging
+
+    hf_on, hub_on = hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hf_on:
+            hf_logging.enable_progress_bar()
+        if hub_on:
+            hub.enable_progress_bars()
+
+
 def run_cli(
     main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     *, intermixed: bool = False,
@@ -71,7 +94,7 @@ def run_cli(
     args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("SPEECHTL_DEBUG") == "1"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _library_bars(not getattr(args, "no_progress", False)):
             if not debug:
                 warnings.showwarning = _one_line_warning
             return int(main(args) or 0)
