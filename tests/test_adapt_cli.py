@@ -93,3 +93,17 @@ def test_adapt_cli_errors(tmp_path, manifest, capsys):
     with pytest.raises(SystemExit):
         main(["--help-config"])
     assert "lora_alpha = 16.0" in capsys.readouterr().out
+
+
+def test_progress_false_also_silences_the_model_loading_bar(tmp_path, manifest, capsys):
+    folder = tmp_path / "whisper"
+    b = create_backbone("whisper-tiny-random")
+    b.model.save_pretrained(folder)
+    b.processor.save_pretrained(folder)
+    argv = ["--model", folder, "--method", "lora", "--train", manifest, *KEYS[:-2], "lora_r=4", "max_steps=1"]
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "quiet", "progress=false")
+    assert code == 0, err
+    assert "Loading weights" not in err
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "shown", "progress=true")
+    assert code == 0, err
+    assert "Loading weights" in err  # transformers' own bar, as the folder loads

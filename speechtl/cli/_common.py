@@ -57,9 +57,10 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 @contextlib.contextmanager
-def _library_bars(show: bool) -> Iterator[None]:
+def library_bars(show: bool) -> Iterator[None]:
     """With ``--no-progress`` (``show`` False), transformers' and the hub's own bars (loading weights,
-    downloads) are off too for the call, and put back as they were after it."""
+    downloads) are off too for the call, and put back as they were after it. :func:`run_cli` applies it
+    for tools with ``--no-progress``; ``speechtl-adapt`` for ``progress=false`` and ranks other than 0."""
     if show:
         yield
         return
@@ -94,7 +95,7 @@ def run_cli(
     args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("SPEECHTL_DEBUG") == "1"
     try:
-        with warnings.catch_warnings(), _library_bars(not getattr(args, "no_progress", False)):
+        with warnings.catch_warnings(), library_bars(not getattr(args, "no_progress", False)):
             if not debug:
                 warnings.showwarning = _one_line_warning
             return int(main(args) or 0)

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from ..config import METHODS, describe_keys, load_config
-from ._common import add_common_args, run_cli
+from ._common import add_common_args, library_bars, run_cli
 
 
 class _HelpConfig(argparse.Action):
@@ -70,9 +70,10 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     recipes.prepare_out(out, overwrite=args.overwrite, resume=args.resume, is_main=rank == 0, model=args.model)
     inputs = recipes.RunInputs(args.model, args.train, args.dev, args.target_accent)
-    run = recipes.build(inputs, cfg, task=args.task, world=world, rank=rank,
-                        resume_dir=out if args.resume else None)
-    result = recipes.execute(run, out, resume=args.resume, world=world, rank=rank)
+    with library_bars(cfg.train.progress and rank == 0):
+        run = recipes.build(inputs, cfg, task=args.task, world=world, rank=rank,
+                            resume_dir=out if args.resume else None)
+        result = recipes.execute(run, out, resume=args.resume, world=world, rank=rank)
     if rank != 0:
         return 0
     if result.report is not None:
