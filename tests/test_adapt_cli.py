@@ -100,6 +100,7 @@ def test_progress_false_also_silences_the_model_loading_bar(tmp_path, manifest, 
     b = create_backbone("whisper-tiny-random")
     b.model.save_pretrained(folder)
     b.processor.save_pretrained(folder)
+    capsys.readouterr()  # the saving's own bar
     argv = ["--model", folder, "--method", "lora", "--train", manifest, *KEYS[:-2], "lora_r=4", "max_steps=1"]
     code, _, err = run(capsys, *argv, "--out", tmp_path / "quiet", "progress=false")
     assert code == 0, err
