@@ -32,13 +32,21 @@ class DistInfo:
         return self.rank == 0
 
 
+_JOINED = False  # the process group was started by setup_distributed, so teardown_distributed ends it
+
+
 def setup_distributed(device: str | None = None) -> DistInfo:
-    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), if any."""
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), if any.
+
+    Called again (a recipe joins before training, to share work), it returns the same group; a group
+    this function started is owned (``owns_group``) however often it was called, one started by the
+    caller is not."""
+    global _JOINED
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    owns = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
-        owns = True
+        _JOINED = True
+    owns = _JOINED and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     dev = run_device(device, rank)
     if dev.type == "cuda":
@@ -78,6 +86,15 @@ def autocast_context(
     return (lambda: torch.autocast(device.type, dtype=dtype)), precision == "fp16"
 
 
+def teardown_distributed(info: DistInfo) -> None:
+    """End the process group if this run owns it (:func:`setup_distributed` started it), after a barrier."""
+    global _JOINED
+    if info.owns_group and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        _JOINED = False
+
+
 def all_agree(flag: bool, info: DistInfo) -> bool:
     """True only if ``flag`` holds on every rank (so all ranks skip or step together)."""
     if info.world_size == 1:
@@ -101,14 +118,25 @@ def map_shards(fn: Callable[[list[Any]], list[Any]], items: Sequence[Any], rank:
     item from ``rank``), and every rank gets all the results in ``items``' order. ``fn`` returns one picklable
     result per item it is given. With one process it is ``fn(items)``."""
     items = list(items)
-    mine = list(fn(items[rank::world]))
+    share = items[rank::world]
     if world == 1:
-        return mine
-    if len(mine) != len(items[rank::world]):
-        raise SpeechtlError(f"rank {rank}: {len(mine)} results for {len(items[rank::world])} items")
+        return list(fn(share))
+    # Every rank reaches the gather, a failed one too, so that all stop together rather than wait.
+    error: BaseException | None = None
+    try:
+        mine, failure = list(fn(share)), None
+        if len(mine) != len(share):
+            failure = f"{len(mine)} results for {len(share)} items"
+    except Exception as e:  # noqa: BLE001  (re-raised below, after the other ranks learn of it)
+        mine, failure, error = None, f"{type(e).__name__}: {e}", e
     shards: list[Any] = [None] * world
-    dist.all_gather_object(shards, mine)
+    dist.all_gather_object(shards, (mine, failure))
+    for r, (_, f) in enumerate(shards):
+        if f is not None:
+            if r == rank and error is not None:
+                raise error
+            raise SpeechtlError(f"process {r} of {world} failed on its share: {f}")
     out: list[Any] = [None] * len(items)
-    for r, shard in enumerate(shards):
+    for r, (shard, _) in enumerate(shards):
         out[r::world] = shard
     return out

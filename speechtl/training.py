@@ -45,7 +45,8 @@ from .checkpoint import CHECKPOINT_VERSION, CHECKSUMS, set_rng_state  # noqa: F4
 from .checkpoint import (CheckpointState, Progress, load_checkpoint, load_trainable, remove_stale_temp_files,
                          rng_state, save_checkpoint, trainable_state)
 from .config import TrainConfig
-from .distributed import DistInfo, all_agree, autocast_context, mean_over_ranks, setup_distributed
+from .distributed import (DistInfo, all_agree, autocast_context, mean_over_ranks, setup_distributed,
+                          teardown_distributed)
 from .errors import SpeechtlError
 from .fileio import atomic_write_text
 
@@ -150,9 +151,7 @@ def train(
         progress.best_step, progress.best_metric = best.progress.best_step, best.progress.best_metric
     log.write({"step": progress.step, "event": "end", "best_metric": progress.best_metric,
                "best_step": progress.best_step, "stopped_early": stopped_early})
-    if info.owns_group:
-        dist.barrier()
-        dist.destroy_process_group()
+    teardown_distributed(info)
     return TrainResult(progress.step, progress.epoch, progress.best_metric, progress.best_step, stopped_early,
                        last_eval, out_dir)
 

@@ -236,7 +236,7 @@ def test_under_torchrun_each_rank_transcribes_its_share_of_the_teacher_targets(m
     utts = read_manifest(manifest)
 
     def gather(shards, mine):  # rank 0's share (clips 0 and 2), as the process group would pass it to rank 1
-        shards[:] = [[dataclasses.replace(utts[i], text=f"theirs {k}") for k, i in enumerate((0, 2))], mine]
+        shards[:] = [([dataclasses.replace(utts[i], text=f"theirs {k}") for k, i in enumerate((0, 2))], None), mine]
 
     monkeypatch.setattr("speechtl.transcription.transcribe", teacher)
     monkeypatch.setattr("speechtl.distributed.dist.all_gather_object", gather)

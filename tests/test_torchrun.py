@@ -17,6 +17,9 @@ import torch
 from speechtl.adapters import load_adapter
 from speechtl.backbones import create_backbone
 
+sys.path.insert(0, os.path.dirname(__file__))
+from test_export import _randomize  # noqa: E402
+
 MODEL = "wav2vec2-tiny-random"
 
 # Runs speechtl-adapt's own main() in each torchrun process and saves that rank's trained tensors.
@@ -111,8 +114,19 @@ def _shard_worker(rank: int, store: str, out: str) -> None:
             return [f"{x}:{rank}" for x in items]
 
         results = map_shards(fn, [f"c{i}" for i in range(5)], rank, 2)
+
+        def fail_on_rank_1(items):
+            if rank == 1:
+                raise ValueError("clip c3 is unreadable")
+            return items
+
+        try:
+            map_shards(fail_on_rank_1, ["a", "b", "c"], rank, 2)
+            failed = None
+        except Exception as e:  # both ranks stop, rather than rank 0 waiting for rank 1
+            failed = f"{type(e).__name__}: {e}"
         with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-            json.dump({"given": given, "results": results}, f)
+            json.dump({"given": given, "results": results, "failed": failed}, f)
     finally:
         dist.destroy_process_group()
 
@@ -123,3 +137,39 @@ def test_map_shards_runs_each_item_on_one_rank_and_gives_every_rank_all_results_
     assert ranks[0]["given"] == ["c0", "c2", "c4"] and ranks[1]["given"] == ["c1", "c3"]
     expected = ["c0:0", "c1:1", "c2:0", "c3:1", "c4:0"]
     assert ranks[0]["results"] == ranks[1]["results"] == expected
+    assert ranks[1]["failed"] == "ValueError: clip c3 is unreadable"
+    assert ranks[0]["failed"] == "SpeechtlError: process 1 of 2 failed on its share: ValueError: clip c3 is unreadable"
+
+
+@pytest.mark.slow
+def test_teacher_targets_under_torchrun_are_shared_out_and_the_run_trains(tmp_path):
+    """distill_targets=teacher joins the process group before training to share the base model's pass."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(6):
+        wav = (0.1 * rng.standard_normal(int(16000 * (0.5 + 0.1 * i)))).astype(np.float32)
+        sf.write(tmp_path / f"u{i}.wav", wav, 16000)
+        rows.append({"id": f"u{i}", "audio": f"u{i}.wav", "text": "", "speaker": f"s{i % 2}", "accent": "A",
+                     "split": "dev" if i == 5 else "train"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "wrapper.py").write_text(WRAPPER)
+    b = create_backbone("whisper-tiny-random")
+    _randomize(b.model, 0)  # a base model that says something on noise, for the teacher's transcripts
+    b.model.save_pretrained(tmp_path / "whisper")
+    b.processor.save_pretrained(tmp_path / "whisper")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(tmp_path / "wrapper.py"), str(tmp_path),
+           "--model", str(tmp_path / "whisper"), "--method", "lora", "--train", str(tmp_path / "m.jsonl"),
+           "--out", str(out), "objective=short-context", "distill_targets=teacher", "lora_r=4", "max_steps=2",
+           "eval_every=2", "batch_seconds=2", "progress=false", "seed=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "a share on each of 2 processes" in done.stderr
+    assert json.loads((out / "result.json").read_text())["steps"] == 2
+    targets = [json.loads(line) for line in (out / "teacher_targets" / "targets.jsonl").read_text().splitlines()]
+    assert [t["id"] for t in targets] == [f"u{i}" for i in range(6)]  # every clip, in order, from both shares
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, p in ranks[0].items():
+        torch.testing.assert_close(ranks[1][name], p, rtol=0, atol=0, msg=name)

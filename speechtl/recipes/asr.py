@@ -115,7 +115,7 @@ def _teacher_targets(task, backbone, train_utts: list, durations: list, dev_utts
     process's GPU when there is one), and reports its pass on stderr (rank 0 only) if ``progress`` is on.
     Under torchrun each of the ``world`` processes decodes a share of the clips, and all get every transcript.
     """
-    from ..distributed import map_shards, run_device
+    from ..distributed import map_shards, run_device, setup_distributed
     from ..short_context import TEACHER_TARGETS, load_teacher_targets, save_teacher_targets
 
     n, utts = len(train_utts), [*train_utts, *dev_utts]
@@ -133,6 +133,8 @@ def _teacher_targets(task, backbone, train_utts: list, durations: list, dev_utts
             print(f"distill_targets=teacher: the base model transcribes {len(utts)} clips, a share on each of "
                   f"{world} processes", file=sys.stderr)
         device, progress = run_device(cfg.train.device, rank), cfg.train.progress and rank == 0
+        if world > 1:
+            setup_distributed(cfg.train.device)  # the group training joins, started now to share this pass
         labelled = map_shards(lambda share: task.teacher_targets(share, device=device, progress=progress), utts,
                               rank, world)
         save = functools.partial(save_teacher_targets, utts=utts, labelled=labelled)
