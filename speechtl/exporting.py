@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .checksums import CHECKSUMS, verify_checksums, write_checksums
 from .errors import SpeechtlError
-from .fileio import check_apart
+from .fileio import check_apart, remove_dead_staging
 
 if TYPE_CHECKING:
     from .adapters.saved import SavedAdapter
@@ -73,6 +73,7 @@ def export(
         if quantization not in QUANTIZATIONS:
             raise SpeechtlError(f"quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
     out = Path(out)
+    remove_dead_staging(out)  # a killed export's leftovers (its moved-aside folder back in place) before the check
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise SpeechtlError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     check_apart(out, {"model": model, "adapter": adapter}, writes="the export")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import re
 import shutil
@@ -93,7 +94,7 @@ def remove_dead_staging(final_dir: Path) -> None:
     """
     pattern = re.compile(rf"\.{re.escape(final_dir.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.(?P<kind>tmp|old)")
     host = socket.gethostname()
-    for stale in sorted(final_dir.parent.glob(f".{final_dir.name}.*")):
+    for stale in sorted(final_dir.parent.glob(f".{glob.escape(final_dir.name)}.*")):
         m = pattern.fullmatch(stale.name)
         if m is None or m["host"] != host or not stale.is_dir():
             continue
@@ -159,7 +160,13 @@ def atomic_replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike,
                             "or choose another folder, then run again.") from e
     _fsync_dir(final_dir.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        # Renamed to a staging name first: a kill while it is deleted leaves a folder that is removed, not put back.
+        doomed = final_dir.parent / f".{final_dir.name}.{_owner()}.{time.monotonic_ns()}.tmp"
+        try:
+            os.rename(old, doomed)
+        except OSError:
+            doomed = old
+        shutil.rmtree(doomed, ignore_errors=True)
     return True
 
 
@@ -175,7 +182,11 @@ def _fsync_tree(root: Path) -> None:
 
 
 def out_in_use(out: os.PathLike) -> bool:
-    """Whether ``--out`` holds anything: False when it is absent or an empty folder; an error when it is a file."""
+    """Whether ``--out`` holds anything: False when it is absent or an empty folder; an error when it is a file.
+
+    What a killed writer of ``out`` left is tidied first (:func:`remove_dead_staging`), so that a folder
+    an interrupted overwrite had moved aside is back in place before it is looked at."""
+    remove_dead_staging(Path(out))
     if not os.path.exists(out):
         return False
     if not os.path.isdir(out):

@@ -257,7 +257,7 @@ def test_the_folder_an_overwrite_moved_aside_is_put_back_or_removed_after_its_wr
     import subprocess
     import sys
 
-    from speechtl.fileio import atomic_replace_dir, staging_dir
+    from speechtl.fileio import atomic_replace_dir, out_in_use, staging_dir
 
     gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
@@ -277,6 +277,37 @@ def test_the_folder_an_overwrite_moved_aside_is_put_back_or_removed_after_its_wr
         assert atomic_replace_dir(tmp, final, overwrite=True)
     assert (final / "weights").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["adapter", live.name])
+
+    # A killed overwrite is tidied before --out is looked at: the folder is back, so it is "in use".
+    aside.mkdir()
+    (aside / "weights").write_text("previous")
+    shutil.rmtree(final)
+    assert out_in_use(final) and (final / "weights").read_text() == "previous" and not aside.exists()
+
+
+def test_a_replaced_folder_killed_while_deleted_is_never_put_back(tmp_path, monkeypatch):
+    import speechtl.fileio as fileio
+
+    final = tmp_path / "adapter"
+    final.mkdir()
+    (final / "weights").write_text("previous")
+    rmtree = shutil.rmtree
+
+    def killed(path, *a, **kw):  # the process dies while deleting the replaced folder
+        raise KeyboardInterrupt
+
+    with fileio.staging_dir(final) as tmp:
+        (tmp / "weights").write_text("new")
+        monkeypatch.setattr(fileio.shutil, "rmtree", killed)
+        with pytest.raises(KeyboardInterrupt):
+            fileio.atomic_replace_dir(tmp, final, overwrite=True)
+        monkeypatch.setattr(fileio.shutil, "rmtree", rmtree)
+    left = [p.name for p in tmp_path.iterdir() if p.name != "adapter"]
+    assert len(left) == 1 and left[0].endswith(".tmp")  # under a staging name, not the moved-aside one
+    shutil.rmtree(final)  # the user deletes the new folder: the half-deleted old one must not come back
+    monkeypatch.setattr(fileio.os, "kill", lambda pid, sig: (_ for _ in ()).throw(ProcessLookupError()))  # it died
+    assert not fileio.out_in_use(final)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupted_conversion_leaves_nothing(random_ct2, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..checksums import CHECKSUMS, verify_checksums, write_checksums
 from ..errors import SpeechtlError
-from ..fileio import atomic_replace_dir, check_apart, staging_dir
+from ..fileio import atomic_replace_dir, check_apart, remove_dead_staging, staging_dir
 from .ct2_format import BINARY_VERSION, MODEL_BIN, SPEC_NAME, SPEC_REVISION, Ct2Checkpoint, dequantized, read_ct2_model
 from .ct2_to_transformers import (
     check_whisper_flags,
@@ -161,6 +161,7 @@ def convert_ct2_whisper(
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     check_apart(out_dir, {"source": src_dir, **{f"{MODEL_BIN} part": Path(p).parent for p in model_bin_parts or ()}},
                 writes="the converted model")
+    remove_dead_staging(out_dir)  # a killed conversion's leftovers (its moved-aside folder back) before the check
     if out_dir.exists() and not overwrite:
         if not out_dir.is_dir() or any(out_dir.iterdir()):
             raise SpeechtlError(
