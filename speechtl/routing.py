@@ -268,9 +268,14 @@ class Router:
 
     def trained_short(self, route: Route) -> bool:
         """Whether ``route`` runs a model trained on unpadded clips: one adapter saved with
-        ``short_clips: true`` (the base route's own adapter included). The plain base model and soft
-        mixtures (partly the plain base) were not."""
-        return route.weights is None and self.short_clips.get(route.name) is True
+        ``short_clips: true`` (the base route's own adapter included), or, on the base route without
+        one, a base model that is such an export (its ``trained_short_clips``). A plain base model and
+        soft mixtures (partly the plain base) were not."""
+        if route.weights is not None:
+            return False
+        if route.name == BASE and BASE not in self.short_clips:
+            return getattr(self.backbone, "trained_short_clips", None) is True
+        return self.short_clips.get(route.name) is True
 
     @contextmanager
     def using(self, route: Route) -> Iterator[None]:

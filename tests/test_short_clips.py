@@ -315,6 +315,14 @@ def test_a_transformers_export_decodes_on_pytorch_as_its_adapter_trained(base_di
     # Exported again with no adapter, the export keeps its record.
     again = export(short, tmp_path / "again")
     assert verify_export(again)["short_clips"] is True
+    # Routed, its base route is the export itself: short too, while an accent adapter trained at 30 s is not.
+    frames.clear()
+    accent = _saved_lora(short, tmp_path / "accent", short=False)
+    routed = speechtl.transcribe(short, waves, adapters={"x": accent}, route="none", decode_options=PLAIN,
+                                 return_segments=True)
+    assert [t.short_clips for t in routed] == [True] * 4 and max(frames) == 200
+    assert [t.short_clips for t in speechtl.transcribe(short, waves, adapters={"x": accent}, route="x",
+                                                        decode_options=PLAIN, return_segments=True)] == [False] * 4
 
     frames.clear()
     padded = export(None, tmp_path / "padded", adapter=adapters["padded"])
