@@ -16,6 +16,7 @@ log-probabilities with ``log_softmax`` first (a no-op for log-probabilities alre
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -368,10 +369,10 @@ def build_arpa(
                 line += f"\t{math.log10(backoff[k][g]):.6f}"
             lines.append(line)
     lines += ["", "\\end\\", ""]
-    record = lm_checksum_path(out)
+    record, text = lm_checksum_path(out), "\n".join(lines)
     record.unlink(missing_ok=True)  # a record of an earlier LM must not outlive it
-    atomic_write_text(out, "\n".join(lines))
-    atomic_write_text(record, f"{sha256_file(out)}  {out.name}\n")
+    atomic_write_text(out, text)
+    atomic_write_text(record, f"{hashlib.sha256(text.encode('utf-8')).hexdigest()}  {out.name}\n")
     return out
 
 

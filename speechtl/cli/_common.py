@@ -74,9 +74,11 @@ def library_bars(show: bool) -> Iterator[None]:
         yield
     finally:
         if hf_on:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # which turns the hub's on too: its own state is put back after
         if hub_on:
             hub.enable_progress_bars()
+        else:
+            hub.disable_progress_bars()
 
 
 def run_cli(
