@@ -20,7 +20,9 @@ Each side's steps per budget come from a short calibration run of the same side 
 training each side snapshots its LoRA weights at the ``--marks`` (minutes of wall time) and at
 the end; afterwards one evaluator scores every snapshot on the dev speakers and the final one on
 the test speakers, who choose nothing: speechtl's decoder, greedy, 30-s padding for both sides,
-WER with the Whisper normaliser. Seeds run interleaved (speechtl, HF, speechtl, HF, ...).
+WER with the Whisper normaliser (``--decoding transcribe``: ``speechtl.transcribe``'s default decoding
+instead, with its temperature fallback and loop stop, still at 30 s, for both sides). Seeds run
+interleaved (speechtl, HF, speechtl, HF, ...).
 
 ``--merge-with`` adds seeds to an earlier result of the same settings (model, data, budget, marks,
 LoRA and keys): its runs are kept, each with the commit and command that measured it, and the
@@ -216,8 +218,14 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
 # -- one evaluator for both ---------------------------------------------------------------------
 
 
-def _decode(run: Any, recs: list[dict[str, Any]]) -> list[str]:
+def _decode(run: Any, recs: list[dict[str, Any]], decoding: str = "greedy") -> list[str]:
     import torch
+
+    if decoding == "transcribe":
+        import speechtl
+
+        run.model.eval()
+        return speechtl.transcribe(run.model, [r["audio"] for r in recs], short_clips="off", progress=False)
 
     from speechtl.data.manifest import Utterance
     from speechtl.recipes.base import audio_loader
@@ -280,9 +288,10 @@ def run_eval(spec: dict[str, Any]) -> dict[str, Any]:
             load_trainable(run.model, {k if k.startswith(prefix) else prefix + k: v for k, v in weights.items()},
                            source=job["path"])
         t0 = time.perf_counter()
-        row = {"path": job["path"], "dev": score(spec["dev"], _decode(run, spec["dev"]))}
+        decoding = spec.get("decoding", "greedy")
+        row = {"path": job["path"], "dev": score(spec["dev"], _decode(run, spec["dev"], decoding))}
         if job.get("test"):
-            row["test"] = score(spec["test"], _decode(run, spec["test"]))
+            row["test"] = score(spec["test"], _decode(run, spec["test"], decoding))
         row["eval_seconds"] = round(time.perf_counter() - t0, 1)
         out.append(row)
         print(f"  eval {job['path'] or 'zero-shot'}: dev {row['dev']['wer']:.4f}", file=sys.stderr, flush=True)
@@ -350,6 +359,9 @@ def main() -> int:
     ap.add_argument("--train-speakers", type=int, default=0, help="use only this many train speakers (0: all)")
     ap.add_argument("--keys", default="", help="speechtl config keys (comma-free list separated by spaces) "
                                                "on top of the recipe's defaults")
+    ap.add_argument("--decoding", choices=("greedy", "transcribe"), default="greedy",
+                    help="how the evaluator decodes both sides' snapshots: plain greedy (default), or "
+                         "speechtl.transcribe's defaults (temperature fallback, loop stop); 30-s padding either way")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N dev and test clips (quick checks)")
     ap.add_argument("--work", default="/tmp/speechtl-quality")
     ap.add_argument("--merge-with", default=None,
@@ -377,7 +389,7 @@ def main() -> int:
     earlier = json.loads(Path(args.merge_with).read_text()) if args.merge_with else None
     if earlier is not None:
         mergeable(earlier, {"model": args.model, "data": data, "budget_minutes": args.budget, "marks_minutes": marks,
-                            "threads": args.threads, "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE,
+                            "threads": args.threads, "decoding": args.decoding, "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE,
                             "train_utterances": len(train), "train_speakers": len({r["speaker"] for r in train}),
                             "dev_utterances": len(dev), "dev_speakers": len({r["speaker"] for r in dev}),
                             "test_utterances": len(test), "test_speakers": len({r["speaker"] for r in test})},
@@ -403,7 +415,7 @@ def main() -> int:
         for i, snap in enumerate(res["snapshots"]):
             jobs.append({"path": snap["path"], "test": i == len(res["snapshots"]) - 1})
     scored = run_child(__file__, {"side": "eval", "threads": args.threads, "model": args.model, "lora": lora,
-                                  "dev": dev, "test": test,
+                                  "dev": dev, "test": test, "decoding": args.decoding,
                                   "jobs": jobs}, threads=args.threads)
     by_path = {row["path"]: row for row in scored["rows"]}
     zero = by_path[None]
@@ -466,15 +478,17 @@ def main() -> int:
         "dev_utterances": len(dev), "dev_speakers": len({r["speaker"] for r in dev}),
         "test_utterances": len(test), "test_speakers": len({r["speaker"] for r in test}),
         "budget_minutes": args.budget, "marks_minutes": marks, "seeds": seeds, "threads": args.threads,
-        "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE, "calibration_seconds_per_step": per_step,
+        "decoding": args.decoding, "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE, "calibration_seconds_per_step": per_step,
         "calibration_seconds_before_first_step": {side: round(c[1], 1) for side, c in calibration.items()},
         "max_steps": max_steps, "summary": summary, "per_seed": per_seed, "runs": runs, "measured_by": sources,
         "machine": facts,
         "notes": [
             "Dev speakers only score the snapshots along the way; test speakers score the final weights of each "
             "run and choose nothing.",
-            "One evaluator scores both sides: speechtl's greedy decoder with 30-s padding (as inference pads), "
-            "WER with the Whisper normaliser; HF snapshots are loaded into a speechtl model with the same LoRA.",
+            ("One evaluator scores both sides: speechtl's greedy decoder" if args.decoding == "greedy" else
+             "One evaluator scores both sides: speechtl.transcribe's default decoding (temperature fallback, loop "
+             "stop)") + " with 30-s padding (as inference pads), WER with the Whisper normaliser; HF snapshots are "
+            "loaded into a speechtl model with the same LoRA.",
             "A side's time to a WER is the first snapshot time at or below it, so it is an upper bound.",
             *(["Merged seeds: command, machine, calibration and max_steps at the top level are the latest "
                "command's; measured_by holds each command's, and each run its measured_at."] if earlier else []),
@@ -490,7 +504,8 @@ def main() -> int:
     return 0
 
 
-SAME_SETTINGS = ("model", "data", "budget_minutes", "marks_minutes", "threads", "lora", "speechtl_keys", "hf_guide",
+SAME_SETTINGS = ("model", "data", "budget_minutes", "marks_minutes", "threads", "decoding", "lora", "speechtl_keys",
+                 "hf_guide",
                  "train_utterances", "train_speakers", "dev_utterances", "dev_speakers", "test_utterances",
                  "test_speakers")
 
@@ -499,7 +514,9 @@ def mergeable(earlier: dict[str, Any], now: dict[str, Any], seeds: list[int], pa
     """Refuse ``--merge-with`` (before anything runs) when the earlier result measured other settings or seeds."""
     if earlier.get("bench") != "adapt_quality":
         raise SystemExit(f"--merge-with {path}: not a result of bench/adapt_quality.py")
-    differ = [k for k in SAME_SETTINGS if json.loads(json.dumps(now[k])) != earlier.get(k)]
+    # Results from before --decoding decoded greedily.
+    differ = [k for k in SAME_SETTINGS
+              if json.loads(json.dumps(now[k])) != earlier.get(k, "greedy" if k == "decoding" else None)]
     if differ:
         raise SystemExit(f"--merge-with {path}: measured with other {', '.join(differ)}; run with its settings "
                          f"(its command: {earlier['command']}) or write a new result")
