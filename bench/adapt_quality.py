@@ -389,7 +389,8 @@ def main() -> int:
     earlier = json.loads(Path(args.merge_with).read_text()) if args.merge_with else None
     if earlier is not None:
         mergeable(earlier, {"model": args.model, "data": data, "budget_minutes": args.budget, "marks_minutes": marks,
-                            "threads": args.threads, "decoding": args.decoding, "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE,
+                            "threads": args.threads, "decoding": args.decoding, "lora": lora, "speechtl_keys": keys,
+                            "hf_guide": HF_GUIDE,
                             "train_utterances": len(train), "train_speakers": len({r["speaker"] for r in train}),
                             "dev_utterances": len(dev), "dev_speakers": len({r["speaker"] for r in dev}),
                             "test_utterances": len(test), "test_speakers": len({r["speaker"] for r in test})},
@@ -478,7 +479,8 @@ def main() -> int:
         "dev_utterances": len(dev), "dev_speakers": len({r["speaker"] for r in dev}),
         "test_utterances": len(test), "test_speakers": len({r["speaker"] for r in test}),
         "budget_minutes": args.budget, "marks_minutes": marks, "seeds": seeds, "threads": args.threads,
-        "decoding": args.decoding, "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE, "calibration_seconds_per_step": per_step,
+        "decoding": args.decoding, "lora": lora, "speechtl_keys": keys, "hf_guide": HF_GUIDE,
+        "calibration_seconds_per_step": per_step,
         "calibration_seconds_before_first_step": {side: round(c[1], 1) for side, c in calibration.items()},
         "max_steps": max_steps, "summary": summary, "per_seed": per_seed, "runs": runs, "measured_by": sources,
         "machine": facts,
@@ -504,6 +506,8 @@ def main() -> int:
     return 0
 
 
+DECODING_TEXT = {"greedy": "plain greedy decoding at 30 s",
+                 "transcribe": "speechtl.transcribe's default decoding at 30 s (temperature fallback, loop stop)"}
 SAME_SETTINGS = ("model", "data", "budget_minutes", "marks_minutes", "threads", "decoding", "lora", "speechtl_keys",
                  "hf_guide",
                  "train_utterances", "train_speakers", "dev_utterances", "dev_speakers", "test_utterances",
@@ -553,7 +557,8 @@ def _markdown(r: dict[str, Any]) -> str:
              f"{r['train_speakers']} train speakers ({r['train_utterances']} clips); dev {r['dev_speakers']} speakers "
              f"(snapshots), test {r['test_speakers']} speakers (final weights only); {r['budget_minutes']:g}-minute "
              f"budget per run on {r['threads']} threads; zero-shot dev {_pct(s['zero_shot']['dev_wer'])}, test "
-             f"{_pct(s['zero_shot']['test_wer'])}.", "",
+             f"{_pct(s['zero_shot']['test_wer'])}; both sides scored by "
+             f"{DECODING_TEXT[r.get('decoding', 'greedy')]}.", "",
              "| seed | HF best dev WER | HF time to it | speechtl time to it | ratio | final test WER speechtl | "
              "final test WER HF |", "|---|---|---|---|---|---|---|"]
     for p in r["per_seed"]:
