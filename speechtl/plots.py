@@ -113,7 +113,9 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
     Every line is a JSON object; lines with a ``loss`` are training rows, lines with a key
     starting with ``dev_`` are evaluation rows (a line may be both); lines without an integer
     ``step`` (headers, notes) are skipped. Nested dicts of an evaluation row (e.g.
-    ``{"dev_wer_per_accent": {"US": 0.1}}``) are flattened to ``dev_wer_per_accent/US``.
+    ``{"dev_wer_per_accent": {"US": 0.1}}``) are flattened to ``dev_wer_per_accent/US``. The lines
+    training writes after each evaluation, ``{"step", "eval": {"wer", ...}}``, read as ``dev_wer``, ....
+    A file with neither kind of row is an error (nothing to plot).
     """
     p = Path(path)
     if not p.is_file():
@@ -133,7 +135,9 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
             continue
         flat: dict[str, Any] = {}
         for k, v in obj.items():
-            if isinstance(v, dict):
+            if k == "eval" and isinstance(v, dict):  # training's evaluation lines: {"eval": {"wer", "loss", ...}}
+                flat.update({f"dev_{kk}": vv for kk, vv in v.items()})
+            elif isinstance(v, dict):
                 flat.update({f"{k}/{kk}": vv for kk, vv in v.items()})
             else:
                 flat[k] = v
@@ -141,6 +145,8 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
             train.append(flat)
         if any(k.startswith("dev_") and _number(v) is not None for k, v in flat.items()):
             evals.append(flat)
+    if not train and not evals:
+        raise SpeechtlError(f"{p}: no line has a step with a loss or a dev_ metric; nothing to plot")
     return train, evals
 
 
@@ -156,8 +162,6 @@ def plot_learning_curves(
     from matplotlib.figure import Figure
 
     train, evals = read_metrics(metrics)
-    if not train and not evals:
-        raise SpeechtlError(f"{metrics}: no line has a step with a loss or a dev_ metric; nothing to plot")
     wer_keys = sorted({k for r in evals for k, v in r.items()
                        if k.startswith("dev_") and "wer" in k and _number(v) is not None})
     panels = (1 if train or any("dev_loss" in r for r in evals) else 0) + (1 if wer_keys else 0)

@@ -10,6 +10,7 @@ import yaml
 from speechtl.adapters import load_adapter, read_adapter_meta
 from speechtl.backbones import create_backbone
 from speechtl.cli.adapt import main
+from speechtl.plots import read_metrics
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,6 +47,8 @@ def test_adapt_writes_config_adapter_metrics_and_prints_dev_wer(tmp_path, manife
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
     assert any("eval" in m and "wer" in m["eval"] for m in metrics)
+    _, evals = read_metrics(out / "metrics.jsonl")  # what speechtl-eval --metrics plots
+    assert [e["step"] for e in evals] == [2] and 0.0 <= evals[0]["dev_wer"]
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 2 and 0.0 <= result["best_metric"]
 
@@ -70,6 +73,12 @@ def test_adapt_writes_config_adapter_metrics_and_prints_dev_wer(tmp_path, manife
     assert steps == [1, 2, 3, 4]
     code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, "--resume", *KEYS, "lora_r=8")
     assert code == 2 and "different adapt.lora_r" in err
+    # --overwrite with a run that cannot start (a missing manifest, a key that does not apply) keeps the old run.
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for bad in (["--train", tmp_path / "missing.jsonl", *KEYS], ["--train", manifest, *KEYS, "bottleneck_dim=8"]):
+        code, _, err = run(capsys, *BASE, "--out", out, "--overwrite", *bad)
+        assert code == 2 and ("missing.jsonl" in err or "bottleneck_dim" in err), err
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     for damaged in ("adapt: [unclosed\n", "- a list\n", "adapt: 3\n"):  # one error naming the file, no traceback
         (out / "config.yaml").write_text(damaged)
         code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, "--resume", *KEYS, "max_steps=4")

@@ -298,6 +298,23 @@ def test_cli_with_fake_transcriber(tmp_path, monkeypatch, capsys):
     assert eval_main(["--model", "x", "--manifest", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
 
+    # --overwrite replaces an earlier report only once the new one is ready: a run that fails keeps it, even
+    # when that report is its own --baseline.
+    base = tmp_path / "base"
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    (tmp_path / "bad.jsonl").write_text('{"id": "u1"}\n')
+    (tmp_path / "notes.jsonl").write_text('{"note": "no step, no loss"}\n')
+    for argv, says in ((["--manifest", str(tmp_path / "bad.jsonl")], "bad.jsonl:1"),
+                       ([*common, "--baseline", str(base / "report.json"), "--metrics",
+                         str(tmp_path / "no-metrics.jsonl")], "no-metrics.jsonl: no such metrics file"),
+                       ([*common, "--metrics", str(tmp_path / "notes.jsonl")], "notes.jsonl: no line has a step")):
+        assert eval_main(["--model", "whisper-tiny.en", "--out", str(base), "--overwrite", *argv]) == 2
+        assert says in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in base.iterdir()} == before, argv
+    assert eval_main(["--model", "whisper-tiny.en", "--out", str(base), "--overwrite", "--baseline",
+                      str(base / "report.json"), *common]) == 0
+    assert (base / "comparison.json").is_file()
+
 
 def test_single_speaker_groups_get_no_interval_or_p_value():
     utts = make_utts({"US": 3, "Solo": 1})

@@ -68,11 +68,14 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, **({"method": args.method} if args.method else {}))
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(args.out)
-    recipes.prepare_out(out, overwrite=args.overwrite, resume=args.resume, is_main=rank == 0, model=args.model)
+    replace = recipes.check_out(out, overwrite=args.overwrite, resume=args.resume, is_main=rank == 0,
+                                model=args.model)
     inputs = recipes.RunInputs(args.model, args.train, args.dev, args.target_accent)
     with library_bars(cfg.train.progress and rank == 0):
         run = recipes.build(inputs, cfg, task=args.task, world=world, rank=rank,
                             resume_dir=out if args.resume else None)
+        if replace:  # only now: a run that fails to build leaves the earlier one in place
+            recipes.clear_out(out)
         result = recipes.execute(run, out, resume=args.resume, world=world, rank=rank)
     if rank != 0:
         return 0

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalizer", choices=NORMALIZERS, default="whisper",
                    help="text normalisation for references and hypotheses alike (default: whisper)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy; more: beam search (Whisper only)")
     p.add_argument("--short-clips", choices=SHORT_CLIPS, default="auto",
                    help="Whisper: encode batches at their longest clip, not 30 s; auto (default): where the "
                         "adapter trained that way (as speechtl-transcribe decodes)")
@@ -61,27 +61,37 @@ _REPORT_FILES = ("report.json", "report.md", "utterances.jsonl", "wer_per_accent
                  "comparison.json", "wer_vs_baseline.png", "learning_curves.png")
 
 
-def _prepare_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse a non-empty --out unless --overwrite, and then only one that holds an earlier report."""
+def _check_out(out: Path, *, overwrite: bool) -> bool:
+    """Refuse a non-empty --out unless --overwrite, and then only one that holds an earlier report.
+
+    Returns whether an earlier report is to be replaced; :func:`_clear_out` removes it once the new one is
+    ready, so a run that fails (a bad manifest line, corrupt audio) leaves the earlier report as it was.
+    """
     if not out_in_use(out):
-        return
+        return False
     if not overwrite:
         raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it")
     if not (out / "report.json").is_file():
         raise SpeechtlError(f"--out {out} does not look like a speechtl-eval output; remove it yourself")
+    return True
+
+
+def _clear_out(out: Path) -> None:
     for name in _REPORT_FILES:
         (out / name).unlink(missing_ok=True)
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..evaluation import Report, Routing, evaluate
-    from ..plots import plot_learning_curves
+    from ..plots import plot_learning_curves, read_metrics
     from ..render import forgetting_line, system_name
 
     out = Path(args.out)
     check_apart(out, {"model": args.model, "adapter": args.adapter}, writes="the report")
-    _prepare_out(out, overwrite=args.overwrite)
+    replace = _check_out(out, overwrite=args.overwrite)
     baseline = Report.load(args.baseline) if args.baseline else None  # fail before transcribing
+    if args.metrics:
+        read_metrics(args.metrics)  # likewise (a file with nothing to plot too)
     routing = routing_kwargs(args)  # bad --adapters fail before the model loads
     router = None
     if routing:
@@ -108,6 +118,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - start
     comparison = report.compare(baseline) if baseline is not None else None
+    if replace:
+        _clear_out(out)
     report.save(out)
     if comparison is not None:
         comparison.save(out, base=baseline, adapted=report)

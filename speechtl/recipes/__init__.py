@@ -28,13 +28,13 @@ from ..config import RunConfig, check_applicable
 from ..errors import SpeechtlError
 from ..fileio import atomic_write_text
 from . import accent_id, asr, classify
-from .base import RUN_FILES, Run, RunInputs, RunResult, check_resume_config, prepare_out
+from .base import RUN_FILES, Run, RunInputs, RunResult, check_out, check_resume_config, clear_out
 
 RECIPES = {"asr": asr, "classify": classify, "accent-id": accent_id}
 TASKS = ("auto", *RECIPES)
 
 __all__ = ["RECIPES", "RUN_FILES", "TASKS", "Run", "RunInputs", "RunResult", "build", "check_resume_config",
-           "execute", "prepare_out", "resolve_task", "run"]
+           "check_out", "clear_out", "execute", "resolve_task", "run"]
 
 
 def resolve_task(task: str, backbone) -> str:
@@ -87,8 +87,8 @@ def execute(run: Run, out: str | os.PathLike, *, resume: bool = False, world: in
     """Train ``run`` into ``out``: config.yaml, run.json, metrics.jsonl, checkpoints/, adapter/, result.json
     (and what ``run.save_state`` writes).
 
-    ``out`` must have been prepared (:func:`prepare_out`). Only rank 0 writes; other ranks return
-    after training with ``adapter`` None.
+    ``out`` must have been checked and cleared (:func:`check_out`, :func:`clear_out`). Only rank 0 writes;
+    other ranks return after training with ``adapter`` None.
     """
     from ..training import train
 
@@ -123,6 +123,8 @@ def run(inputs: RunInputs, cfg: RunConfig, out: str | os.PathLike, *, task: str 
         resume: bool = False, backbone: Any = None) -> RunResult:
     """Build and execute a run in one call, the way ``speechtl-adapt`` does (a single process)."""
     out = Path(out)
-    prepare_out(out, overwrite=overwrite, resume=resume, model=inputs.model)
+    replace = check_out(out, overwrite=overwrite, resume=resume, model=inputs.model)
     built = build(inputs, cfg, task=task, backbone=backbone, resume_dir=out if resume else None)
+    if replace:
+        clear_out(out)
     return execute(built, out, resume=resume)

@@ -99,10 +99,12 @@ def audio_loader(utts: Sequence, rate: int, batch_seconds: float, collate: Calla
                       collate_fn=collate, num_workers=num_workers)
 
 
-def prepare_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool = True, model: str | None = None) -> None:
+def check_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool = True, model: str | None = None) -> bool:
     """Check ``out`` for a new run (empty, or an earlier run's folder with ``overwrite``) or for ``resume``.
 
-    ``out`` must also lie apart from a local ``model`` folder, which the run only reads.
+    ``out`` must also lie apart from a local ``model`` folder, which the run only reads. Returns whether an
+    earlier run's folder is to be replaced; :func:`clear_out` removes it once the new run is built, so a run
+    that fails to start (a bad manifest, a key that does not apply) leaves the earlier one as it was.
     """
     check_apart(out, {"model": model}, writes="the run")
     if overwrite and resume:
@@ -110,14 +112,20 @@ def prepare_out(out: Path, *, overwrite: bool, resume: bool, is_main: bool = Tru
     if resume:
         if not (out / "checkpoints" / "last.pt").is_file():
             raise SpeechtlError(f"{out}: no checkpoints/last.pt to resume from; start a new run instead")
-        return
+        return False
     if not is_main or not out_in_use(out):
-        return
+        return False
     if not overwrite:
         raise SpeechtlError(f"--out {out} is not empty; pass --overwrite to replace it or --resume to continue it")
     if not any((out / name).exists() for name in RUN_FILES):
         raise SpeechtlError(f"--out {out} does not look like a speechtl-adapt output; remove it yourself")
-    shutil.rmtree(out)
+    return True
+
+
+def clear_out(out: Path) -> None:
+    """Remove the earlier run that :func:`check_out` found in ``out``."""
+    if out.exists():
+        shutil.rmtree(out)
 
 
 def check_resume_config(out: Path, cfg: RunConfig) -> None:
