@@ -69,7 +69,8 @@ def transcribe(
             any length up to ``max_seconds`` (4 hours by default).
         batch_size: segments per forward pass; segments are sorted by length first so a batch
             holds segments of similar length (less padding), and results return in input order.
-        beam_size: 1 for greedy decoding, more for beam search (Whisper).
+        beam_size: 1 for greedy decoding, more for beam search (Whisper; a CTC model decodes greedily and
+            refuses more than 1).
         adapter: a saved adapter folder to apply to the model first. A LoRA/DoRA/IA3 adapter is
             merged into the weights for speed (see ``merge_adapter``).
         adapters: ``{accent: saved adapter folder}`` loaded once onto the model as named adapters;
@@ -152,6 +153,10 @@ def transcribe(
     seq2seq = getattr(runner, "task", None) == "seq2seq"
     opts = decode_options or DecodeOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
     if not seq2seq:
+        name = getattr(runner, "name", "this model")
+        if opts.beam_size > 1:
+            raise SpeechtlError(f"beam_size={opts.beam_size}: a CTC model ({name}) decodes greedily here; use "
+                                "beam_size 1 (for beam search with a word LM, speechtl.ctc_decode.CTCBeamDecoder)")
         opts = DecodeOptions.plain(beam_size, max_new_tokens)  # CTC: one pass, nothing to fall back on
 
     # Check every input and find its segments before any model compute: a bad file fails first, named.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -200,3 +201,48 @@ def test_a_transcript_longer_than_whispers_decoder_takes_is_an_error_naming_it(t
     keys = ["progress=false", f"replay_manifest={replay}", "replay_fraction=0.3"]
     with pytest.raises(SpeechtlError, match=r"replay.jsonl: 1 training transcript\(s\) longer than .* id 'r0'"):
         recipes.build(recipes.RunInputs("whisper-tiny-random", str(scored)), load_config(None, keys, method="lora"))
+
+
+@pytest.mark.parametrize("model,method", [("wav2vec2-tiny-random", "lora"), ("whisper-tiny-random", "features")])
+def test_a_ctc_transcript_with_no_letter_of_the_alphabet_is_an_error_before_training(tone_manifest, model, method):
+    # "20 19" has no letter of a CTC model's alphabet, only a word delimiter: its target would be that delimiter,
+    # or its loss would fail when its batch came up.
+    manifest = tone_manifest([("hello there", "A", "train"), ("20 19", "A", "train"), ("go home", "A", "dev")])
+    cfg = load_config(None, ["progress=false"], method=method)
+    with pytest.raises(SpeechtlError, match=r"all.jsonl: 1 training transcript\(s\) have no character of the CTC "
+                                            r"model's alphabet, the first id 'u1' \('20 19'\)"):
+        recipes.build(recipes.RunInputs(model, str(manifest)), cfg)
+    # Spelt out, the line trains; a dev line is only scored, so its digits need no letters.
+    fine = tone_manifest([("hello there", "A", "train"), ("twenty nineteen", "A", "train"), ("2019", "A", "dev")])
+    assert recipes.build(recipes.RunInputs(model, str(fine)), cfg).summary["train_utterances"] == 2
+
+
+def test_whisper_decoding_keys_on_a_ctc_model_are_refused_not_ignored(tone_manifest):
+    import speechtl
+
+    manifest = tone_manifest([("hello there", "A", "train"), ("go home", "A", "dev")])
+    for keys, says in ((["beam_size=4"], "beam_size does not apply to wav2vec2-tiny-random (its CTC dev decoding "
+                                         "is greedy); remove it"),
+                       (["short_clips=false", "dev_short_clips=true"],
+                        "dev_short_clips, short_clips do not apply to wav2vec2-tiny-random (they pad Whisper's "
+                        "30-s input); remove them")):
+        with pytest.raises(SpeechtlError, match=re.escape(says)):
+            recipes.build(recipes.RunInputs("wav2vec2-tiny-random", str(manifest)),
+                          load_config(None, ["progress=false", *keys], method="lora"))
+    # A CTC head on Whisper's encoder reads its padding, but decodes greedily.
+    with pytest.raises(SpeechtlError, match="beam_size does not apply to whisper-tiny-random"):
+        recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)),
+                      load_config(None, ["progress=false", "beam_size=2"], method="features"))
+    assert recipes.build(recipes.RunInputs("whisper-tiny-random", str(manifest)),
+                         load_config(None, ["progress=false", "short_clips=false"], method="features"))
+    # SpecAugment's sizes with SpecAugment off (a CTC model's default) would be ignored too.
+    with pytest.raises(SpeechtlError, match="specaug_time_masks shape SpecAugment, which is off in this run"):
+        recipes.build(recipes.RunInputs("wav2vec2-tiny-random", str(manifest)),
+                      load_config(None, ["progress=false", "specaug_time_masks=4"], method="lora"))
+    assert recipes.build(recipes.RunInputs("wav2vec2-tiny-random", str(manifest)),
+                         load_config(None, ["progress=false", "specaug=true", "specaug_time_masks=4"], method="lora"))
+    # Transcription and evaluation say so too, instead of reporting a beam search that never ran.
+    clip = str(manifest.parent / "u0.wav")
+    with pytest.raises(SpeechtlError, match="beam_size=3: a CTC model"):
+        speechtl.transcribe("wav2vec2-tiny-random", [clip], beam_size=3)
+    assert len(speechtl.transcribe("wav2vec2-tiny-random", [clip], beam_size=1)) == 1

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="backbone name (see speechtl.list_backbones()), model folder, or hub id")
     p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, ...)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy; more: beam search (Whisper only)")
     p.add_argument("--adapter", help="a saved adapter folder to apply")
     add_routing_args(p)
     p.add_argument("--short-clips", choices=SHORT_CLIPS, default="auto",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -174,6 +175,28 @@ def _refuse_too_long(backbone, where: str, utts: list, *, timestamps: bool) -> N
                             "clips or leave them out")
 
 
+def _ctc_spelling(model, backbone):
+    """The text → CTC target ids function a run trains with: a new CTC head's or a CTC model's own (else None)."""
+    from ..heads import CTCHead
+
+    head = getattr(model, "head", None)
+    if isinstance(head, CTCHead):
+        return head.vocab.encode
+    if head is None and hasattr(backbone, "text_to_ids"):
+        return backbone.text_to_ids
+    return None
+
+
+def _refuse_unspellable(spell, where: str, utts: list) -> None:
+    """CTC training transcripts with no character of the model's alphabet are an error naming the first and
+    ``where`` they come from (before training, not when their batch comes up)."""
+    bad = [u for u in utts if not spell(re.sub(r"\s+", "", u.text))]  # a word delimiter alone is no target
+    if bad:
+        raise SpeechtlError(f"{where}: {len(bad)} training transcript(s) have no character of the CTC model's "
+                            f"alphabet, the first id {bad[0].id!r} ({bad[0].text!r}); write them out in its "
+                            "letters (numbers as words) or leave them out")
+
+
 def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: int = 0,
           resume_dir: Path | None = None) -> Run:
     """Wire a speech recognition run; ``resume_dir``: the folder of the run it continues (what it saved is reused)."""
@@ -217,6 +240,22 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
     decoder = not classification and getattr(model, "head", None) is None and hasattr(backbone, "label_length")
     if decoder and d.distill_targets != "teacher":  # the teacher's targets were checked as they were made
         _refuse_too_long(backbone, inputs.train, train_utts, timestamps=d.timestamp_share > 0)
+    spell = None if classification else _ctc_spelling(model, backbone)
+    if spell is not None:
+        _refuse_unspellable(spell, inputs.train, train_utts)
+    # SpecAugment's sizes mean nothing with it off.
+    if not d.specaug and (sizes := sorted(k for k in cfg.user_keys if k.startswith("specaug_"))):
+        raise SpeechtlError(f"{', '.join(sizes)} shape SpecAugment, which is off in this run; set specaug=true "
+                            "or remove them")
+    # Keys that only Whisper's decoder or its 30-s padding read would be silently ignored.
+    why = {k: "its CTC dev decoding is greedy" for k in ("beam_size",) if spell is not None and k in cfg.user_keys}
+    why |= {k: "they pad Whisper's 30-s input" for k in ("short_clips", "dev_short_clips")
+            if k in cfg.user_keys and not hasattr(backbone, "short_clips")}
+    if why:
+        raise SpeechtlError(f"config key{'s' if len(why) > 1 else ''} {', '.join(sorted(why))} "
+                            f"{'do' if len(why) > 1 else 'does'} not apply to {backbone.name} "
+                            f"({'; '.join(dict.fromkeys(why[k] for k in sorted(why)))}); "
+                            f"remove {'them' if len(why) > 1 else 'it'}")
     train_cfg = cfg.train
     if classification and train_cfg.metric == "wer":
         train_cfg = dataclasses.replace(train_cfg, metric="error")
@@ -225,6 +264,8 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
     replay_train, replay_dev = replay_utterances(d, classification)
     if decoder and replay_train:
         _refuse_too_long(backbone, d.replay_manifest, replay_train, timestamps=d.timestamp_share > 0)
+    if spell is not None and replay_train:
+        _refuse_unspellable(spell, d.replay_manifest, replay_train)
     if replay_train:
         from ..replay import ReplayBatchSampler, ReplayDataset, ReplayTask
 
