@@ -14,6 +14,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -163,6 +164,7 @@ class RunConfig:
                 raise _unknown(k, where)
             if k not in self.user_keys:
                 changes[index[k][0]][k] = coerce(v, _field_type(k), k, where)
+                check_range(k, changes[index[k][0]][k], where)
         return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **c)
                                             for s, c in changes.items() if c})
 
@@ -341,8 +343,47 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
+def _at_least(low: float) -> tuple[str, Callable[[Any], bool]]:
+    return f"at least {low:g}", lambda v: v >= low
+
+
+_POSITIVE = ("> 0", lambda v: v > 0)
+_FRACTION = ("in [0, 1)", lambda v: 0 <= v < 1)
+_SHARE = ("in [0, 1]", lambda v: 0 <= v <= 1)
+# The values each numeric key can take (None, where a key allows it, always passes; eval_every and
+# checkpoint_every 0 mean None, epochs 0 needs max_steps); a value outside fails when the config is
+# read, not as a library error steps into training.
+RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "lr": _POSITIVE, "weight_decay": _at_least(0), "adam_betas": _FRACTION, "epochs": _at_least(0),
+    "max_steps": _at_least(1), "warmup_steps": _at_least(0), "min_lr_ratio": _SHARE, "grad_accum": _at_least(1),
+    "max_grad_norm": _POSITIVE, "eval_every": _at_least(0), "checkpoint_every": _at_least(0),
+    "early_stopping_patience": _at_least(1), "log_every": _at_least(1), "max_nonfinite": _at_least(1),
+    "head_layers": _at_least(0), "head_hidden": _at_least(1), "head_dropout": _FRACTION, "top_n_layers": _at_least(0),
+    "layer_decay": _POSITIVE, "lora_r": _at_least(1), "lora_alpha": _POSITIVE, "lora_dropout": _FRACTION,
+    "bottleneck_reduction": _at_least(1), "bottleneck_dim": _at_least(1),
+    "batch_seconds": _POSITIVE, "batch_size": _at_least(1), "max_clip_seconds": _POSITIVE, "num_workers": _at_least(0),
+    "speed_perturb": _POSITIVE, "specaug_freq_masks": _at_least(0), "specaug_freq_width": _at_least(0),
+    "specaug_time_masks": _at_least(0), "specaug_time_width": _at_least(0), "beam_size": _at_least(1),
+    "timestamp_share": _SHARE, "replay_fraction": _FRACTION, "distill_weight": _at_least(0),
+    "distill_temperature": _POSITIVE,
+}
+
+
+def check_range(key: str, value: Any, where: str = "config") -> None:
+    """Refuse a value of ``key`` outside :data:`RANGES` (each item, for a list or tuple)."""
+    rule = RANGES.get(key)
+    if rule is None or value is None:
+        return
+    what, ok = rule
+    items = value if isinstance(value, list | tuple) else [value]
+    if not all(ok(v) for v in items):
+        shown = ",".join(f"{v:g}" for v in items) if isinstance(value, list | tuple) else f"{value:g}"
+        each = "each value " if isinstance(value, list | tuple) else ""
+        raise SpeechtlError(f"{where}: {key}={shown}: {each}must be {what}")
+
+
 def make(cls: type, values: dict[str, Any], where: str = "config"):
-    """``cls(**values)`` with each value checked against its field's type; unknown keys are errors."""
+    """``cls(**values)`` with each value checked against its field's type and range; unknown keys are errors."""
     hints = _hints(cls)
     names = {f.name for f in fields(cls)}
     out = {}
@@ -352,6 +393,7 @@ def make(cls: type, values: dict[str, Any], where: str = "config"):
             hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(sorted(names))}"
             raise SpeechtlError(f"{where}: unknown {cls.__name__} key {key!r}{hint}")
         out[key] = coerce(value, hints[key], key, where)
+        check_range(key, out[key], where)
     return cls(**out)
 
 
@@ -398,9 +440,14 @@ def load_config(
     if path is not None:
         p = Path(path)
         try:
-            data = yaml.safe_load(p.read_text())
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise SpeechtlError(f"{p}: config file not found") from None
+        except IsADirectoryError:
+            raise SpeechtlError(f"{p}: a folder, not a config file; give the YAML file "
+                                "(a run folder's config.yaml)") from None
+        except UnicodeDecodeError:
+            raise SpeechtlError(f"{p}: not UTF-8 text; give a YAML config file") from None
         except yaml.YAMLError as e:
             raise SpeechtlError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         saved_given = data.pop(USER_KEYS, None) if isinstance(data, dict) else None

@@ -380,6 +380,9 @@ CASES: dict[str, Case] = {
     "adapt/NaN samples in training audio": Case(
         "adapt", _adapt(_with_audio(lambda t: wav(t / "nan.wav", subtype="FLOAT", nan=True))), ("nan.wav", "NaN"),
         absent=("out/checkpoints", "out/adapter")),
+    "adapt/NaN samples read in a loader worker": Case(
+        "adapt", _adapt(_with_audio(lambda t: wav(t / "nan.wav", subtype="FLOAT", nan=True)), "num_workers=1"),
+        ("nan.wav", "NaN"), absent=("out/checkpoints", "out/adapter")),
     "adapt/NaN loss that persists": Case("adapt", _adapt(lambda t: manifest(t, rows(t))),
                                          ("5 batches in a row gave a non-finite loss", "lower lr"),
                                          absent=("out/checkpoints", "out/adapter"), patch=_nan_loss_always),
@@ -393,6 +396,14 @@ CASES: dict[str, Case] = {
     "adapt/output inside the model folder": Case("adapt", _adapt_into_the_model,
                                                  ("hf/run", "overlaps the model folder", "a folder of its own"),
                                                  absent=("hf/run",)),
+    "adapt/config is a folder": Case("adapt", _adapt(lambda t: manifest(t, rows(t)), "--config", "."),
+                                     ("a folder, not a config file",), absent=("out/config.yaml",)),
+    "adapt/setting out of range": Case("adapt", _adapt(lambda t: manifest(t, rows(t)), "log_every=0"),
+                                       ("log_every=0", "must be at least 1"), absent=("out/config.yaml",)),
+    "adapt/negative learning rate": Case("adapt", _adapt(lambda t: manifest(t, rows(t)), "lr=-1e-4"),
+                                         ("lr=-0.0001", "must be > 0"), absent=("out/config.yaml",)),
+    "adapt/Adam beta of 1": Case("adapt", _adapt(lambda t: manifest(t, rows(t)), "adam_betas=0.9,1.0"),
+                                 ("adam_betas=0.9,1", "each value must be in [0, 1)"), absent=("out/config.yaml",)),
     "adapt/resume without a checkpoint": Case("adapt", _adapt(lambda t: manifest(t, rows(t)), "--resume"),
                                               ("checkpoints/last.pt", "start a new run")),
     # speechtl-eval

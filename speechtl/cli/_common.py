@@ -81,6 +81,16 @@ def library_bars(show: bool) -> Iterator[None]:
             hub.disable_progress_bars()
 
 
+def _own_message(e: SpeechtlError) -> str:
+    """The error's message. Raised in a DataLoader worker (``num_workers`` > 0), it comes back as the same
+    type holding the worker's traceback, whose last line is ``module.Type: message``."""
+    text = str(e)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def run_cli(
     main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     *, intermixed: bool = False,
@@ -104,7 +114,7 @@ def run_cli(
     except SpeechtlError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_own_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
         if debug or e.errno not in _USER_OS_ERRORS:
