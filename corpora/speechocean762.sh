@@ -9,6 +9,7 @@ seed=${3:-0}
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-$here/.venv/bin/python}
 mkdir -p "$out"
-"$py" -m speechtl.cli.corpus import speechocean762 "$src" --out "$out/imported.jsonl"
-"$py" -m speechtl.cli.corpus split "$out/imported.jsonl" --out "$out/manifest.jsonl" --dev 0.1 --test 0.1 --seed "$seed"
+"$py" -m speechtl.cli.corpus import speechocean762 "$src" --out "$out/imported.jsonl" --overwrite
+"$py" -m speechtl.cli.corpus split "$out/imported.jsonl" --out "$out/manifest.jsonl" --dev 0.1 --test 0.1 \
+    --seed "$seed" --overwrite
 "$py" -m speechtl.cli.corpus validate "$out/manifest.jsonl"

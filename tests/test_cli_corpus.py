@@ -53,6 +53,12 @@ def test_split_is_deterministic_with_its_seed(tmp_path, capsys):
     (tmp_path / "all.jsonl").write_text("\n".join(reversed(lines)) + "\n")
     d, _ = split(tmp_path, capsys, "d.jsonl", "--dev", "0.2", "--test", "0.2", "--seed", "1")
     assert {r["id"]: r["split"] for r in d} == {r["id"]: r["split"] for r in a}
+    # An existing manifest is replaced only with --overwrite, which may also split a manifest in place.
+    code = corpus_main(["split", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "a.jsonl"), "--seed", "2"])
+    assert code == 2 and "a.jsonl exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    e, _ = split(tmp_path, capsys, "all.jsonl", "--dev", "0.2", "--test", "0.2", "--seed", "1", "--overwrite")
+    assert {r["id"]: r["split"] for r in e} == {r["id"]: r["split"] for r in a}
 
 
 def test_split_refuses_impossible_fractions(tmp_path, capsys):

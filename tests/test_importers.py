@@ -316,11 +316,11 @@ def test_hf_saved_dataset_with_bytes_and_paths(tmp_path):
     utts = import_corpus("hf", saved, out=out, text_column="sentence", speaker_column="client", id_column="key")
     by = {u.id: u for u in utts}
     assert by["k1"].split == "train" and by["k2"].split == "dev"
-    assert by["k1"].audio == str((tmp_path / "out" / "audio" / "k1.flac").resolve())
+    assert by["k1"].audio == str((tmp_path / "out" / "manifest_audio" / "k1.flac").resolve())
     data, rate = sf.read(by["k1"].audio)
     assert rate == 22050 and len(data) == 11025
     assert by["k2"].audio == str(wav.resolve()) and by["k2"].accent == "Welsh"
-    assert json.loads(out.read_text().splitlines()[0])["audio"] == "audio/k1.flac"
+    assert json.loads(out.read_text().splitlines()[0])["audio"] == "manifest_audio/k1.flac"
     assert validate_manifest(out, min_sample_rate=16000).ok
 
     # A Dataset object, fixed accent, no speaker column.
@@ -330,6 +330,28 @@ def test_hf_saved_dataset_with_bytes_and_paths(tmp_path):
         import_hf(val)
     with pytest.raises(CorpusImportError, match="give an output folder"):
         import_hf(train, text_column="sentence", speaker_column="client")
+
+
+def test_hf_imports_never_share_an_audio_file(tmp_path):
+    import datasets
+
+    def embedded(ids, seconds):
+        rows = [{"bytes": tone(tmp_path / "src" / f"{n}.flac", s, 16000).read_bytes(), "path": None}
+                for n, s in enumerate(seconds)]
+        features = datasets.Features({"audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+                                      "text": datasets.Value("string"), "id": datasets.Value("string")})
+        ds = datasets.Dataset.from_dict({"audio": rows, "text": ["a b"] * len(ids), "id": ids}, features=features)
+        return ds.cast_column("audio", datasets.Audio(decode=False))
+
+    keys = dict(id_column="id", speaker_column=None, accent_column=None, accent="Irish", gender_column=None)
+    # Ids that differ only in characters a file name cannot hold, in one import...
+    a = import_corpus("hf", embedded(["x/1", "x_1"], [0.5, 0.25]), out=tmp_path / "out" / "a.jsonl", **keys)
+    assert len({u.audio for u in a}) == 2 and [u.duration for u in a] == [0.5, 0.25]
+    # ...and in a second data set with the same ids, imported into the same folder.
+    b = import_corpus("hf", embedded(["x/1", "x_1"], [1.0, 1.0]), out=tmp_path / "out" / "b.jsonl", **keys)
+    assert [u.duration for u in b] == [1.0, 1.0]
+    assert [round(len(sf.read(u.audio)[0]) / 16000, 2) for u in a] == [0.5, 0.25]
+    assert validate_manifest(tmp_path / "out" / "a.jsonl", min_sample_rate=16000).ok
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -358,5 +380,17 @@ def test_cli_import_and_validate(tmp_path, capsys):
     assert "m.jsonl:2: 000010035: audio" in text and "does not exist" in text
     assert "m.jsonl:4: not valid JSON" in text
 
-    assert corpus_main(["import", "vctk", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    # A manifest is replaced only with --overwrite.
+    assert corpus_main(["import", "speechocean762", str(root / "train"), "--out", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_text().endswith("{broken\n")
+    assert corpus_main(["import", "speechocean762", str(root / "train"), "--out", str(out), "--overwrite"]) == 0
+    assert len(read_manifest(out)) == 3
+
+    assert corpus_main(["import", "vctk", str(tmp_path / "nowhere"), "--out", str(tmp_path / "v.jsonl")]) == 2
     assert "error: " in capsys.readouterr().err
+    # An option of another importer would be silently ignored: refused, naming the importer's own.
+    assert corpus_main(["import", "speechocean762", str(root / "train"), "--out", str(tmp_path / "w.jsonl"),
+                        "--accent", "Irish", "--mic", "mic2"]) == 2
+    err = capsys.readouterr().err
+    assert "--accent, --mic do not apply to the speechocean762 importer (its options: none)" in err
+    assert not (tmp_path / "w.jsonl").exists()

@@ -116,6 +116,10 @@ def test_split_by_speaker_is_disjoint_stratified_and_seeded():
     assert {u.id: u.split for u in again} == {u.id: u.split for u in out}
     other = split_by_speaker(utts, dev=0.1, test=0.2, seed=4, heldout_accents=["fr"])
     assert {u.id: u.split for u in other} != {u.id: u.split for u in out}
+    # A misspelt held-out accent would hold nothing out and train on the accent meant to be unseen.
+    with pytest.raises(ManifestError, match=r"held-out accent\(s\) 'Fr' not in the manifest; "
+                                            r"accents there: fr, gb, us"):
+        split_by_speaker(utts, heldout_accents=["Fr"])
 
 
 def test_split_keeps_a_training_speaker():

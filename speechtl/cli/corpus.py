@@ -14,7 +14,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from ..errors import SpeechtlError
 from ._common import add_common_args, call_printing_warnings, comma_list, comma_list_or_none, name_or_none, run_cli
 
 
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("import", help="turn a corpus in its own layout into a manifest")
     i.add_argument("format", choices=list_importers())
     i.add_argument("src", help="the corpus folder as distributed (hf: a save_to_disk folder)")
-    i.add_argument("--out", required=True, help="manifest to write (.jsonl)")
+    i.add_argument("--out", required=True, help="manifest to write (.jsonl); hf: embedded audio goes to "
+                                                "<manifest name>_audio/ beside it")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing --out manifest")
     i.add_argument("--no-durations", action="store_true", help="do not read durations from audio headers")
     i.add_argument("--accent", help="kaldi: accent when there is no spk2accent (default unknown); hf: fixed accent")
     i.add_argument("--corpus", help="kaldi: corpus name stored on each utterance")
@@ -53,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("split", help="assign train/dev/test by speaker (and held-out accents)")
     s.add_argument("manifest")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="manifest to write (.jsonl; may be the input with --overwrite)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out manifest")
     s.add_argument("--dev", type=float, default=0.1)
     s.add_argument("--test", type=float, default=0.1)
     s.add_argument("--seed", type=int, default=0)
@@ -96,11 +101,30 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_manifest_out(args: argparse.Namespace) -> None:
+    """A manifest is replaced only with --overwrite (it may be the only record of a corpus's splits)."""
+    out = Path(args.out)
+    if out.is_dir():
+        raise SpeechtlError(f"--out {out} is a folder; give the manifest file to write (.jsonl)")
+    if out.exists() and not args.overwrite:
+        raise SpeechtlError(f"--out {out} exists; pass --overwrite to replace it, or choose a new file")
+
+
 def _import(args: argparse.Namespace) -> int:
     from ..data.describe import describe_import
     from ..data.importers import IMPORT_OPTIONS, import_corpus, parse_speaker_accents
 
-    kw = {k: getattr(args, k) for k in IMPORT_OPTIONS.get(args.format, ())}
+    _check_manifest_out(args)
+    applies = IMPORT_OPTIONS.get(args.format, ())
+    defaults = build_parser().parse_args(["import", args.format, args.src, "--out", args.out])
+    ignored = sorted({k for opts in IMPORT_OPTIONS.values() for k in opts
+                      if k not in applies and getattr(args, k) != getattr(defaults, k)})
+    if ignored:
+        given = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        own = ", ".join("--" + k.replace("_", "-") for k in applies) or "none"
+        raise SpeechtlError(f"{given} {'do' if len(ignored) > 1 else 'does'} not apply to the {args.format} importer "
+                            f"(its options: {own}); remove {'them' if len(ignored) > 1 else 'it'}")
+    kw = {k: getattr(args, k) for k in applies}
     if "speaker_accents" in kw:
         kw["speaker_accents"] = parse_speaker_accents(kw["speaker_accents"])
     utts = call_printing_warnings(import_corpus, args.format, args.src, out=args.out,
@@ -113,6 +137,7 @@ def _split(args: argparse.Namespace) -> int:
     from ..data.describe import describe_splits
     from ..data.manifest import read_manifest, split_by_speaker, write_manifest
 
+    _check_manifest_out(args)
     utts = split_by_speaker(read_manifest(args.manifest), dev=args.dev, test=args.test, seed=args.seed,
                             heldout_accents=args.heldout)
     write_manifest(utts, args.out)

@@ -231,6 +231,10 @@ def split_by_speaker(
         raise ManifestError(f"split fractions dev={dev} test={test} must be in [0, 1) and sum below 1")
     utts = list(utts)
     heldout = set(heldout_accents)
+    present = {u.accent for u in utts if u.accent is not None}
+    if missing := sorted(heldout - present, key=str):
+        raise ManifestError(f"held-out accent(s) {', '.join(map(repr, missing))} not in the manifest; accents there: "
+                            f"{', '.join(sorted(present)) or 'none'}")
     # A speaker key includes the corpus: different corpora reuse ids like "0001".
     spk_accents: dict[tuple, Counter] = defaultdict(Counter)
     for u in utts:

@@ -93,12 +93,13 @@ def parse_speaker_accents(items: Iterable[str]) -> dict[str, str]:
 def import_corpus(fmt: str, src: Any, out: str | os.PathLike | None = None, **kwargs: Any) -> list[Utterance]:
     """Import ``src`` with the ``fmt`` importer; writes the manifest to ``out`` when given.
 
-    For ``hf`` the embedded audio goes to ``<out folder>/audio`` unless ``audio_dir`` is given.
+    For ``hf`` the embedded audio goes to ``<out folder>/<manifest name>_audio`` unless ``audio_dir`` is
+    given, so that imports of other data sets into the same folder keep their own files.
     """
     if fmt not in IMPORTERS:
         raise CorpusImportError(f"unknown corpus format {fmt!r}; choose from {', '.join(list_importers())}")
     if fmt == "hf" and out is not None:
-        kwargs.setdefault("audio_dir", Path(out).resolve().parent / "audio")
+        kwargs.setdefault("audio_dir", Path(out).resolve().parent / f"{Path(out).stem}_audio")
     utts = IMPORTERS[fmt](src, **kwargs)
     if not utts:
         raise CorpusImportError(f"{src}: no utterances found for format {fmt!r}; check the folder and format")

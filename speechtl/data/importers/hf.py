@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -80,6 +81,13 @@ def import_hf(
     return fill_durations(utts, durations)
 
 
+def _file_stem(uid: str) -> str:
+    """A file name for ``uid``: the id itself when it is a safe name, else its safe characters and a hash of it
+    (so ids such as ``a/b`` and ``a_b`` never share a file)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", uid).lstrip(".") or "_"
+    return safe if safe == uid else f"{safe}-{hashlib.sha256(uid.encode()).hexdigest()[:10]}"
+
+
 def _hf_audio(value: Any, uid: str, audio_dir: str | os.PathLike | None, where: str) -> str:
     data = value.get("bytes") if isinstance(value, dict) else None
     path = value.get("path") if isinstance(value, dict) else None
@@ -92,7 +100,7 @@ def _hf_audio(value: Any, uid: str, audio_dir: str | os.PathLike | None, where: 
             raise CorpusImportError(
                 f"{where}: embedded audio cannot be decoded by soundfile ({str(e)[:120]})"
             ) from None
-        out = Path(audio_dir) / f"{re.sub(r'[^A-Za-z0-9._-]', '_', uid)}.flac"
+        out = Path(audio_dir) / f"{_file_stem(uid)}.flac"
         atomic_write(out, lambda f: sf.write(f, wav, rate, format="FLAC", subtype="PCM_16"), what="the audio",
                      then="import again")
         return str(out.resolve())
