@@ -133,6 +133,13 @@ def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], *,
         where = f"{source}: " if source else ""
         raise SpeechtlError(f"{where}checkpoint does not match the model's trainable parameters "
                             f"(missing {missing[:3]}, unexpected {extra[:3]}); resume with the same method and config")
+    # Same names, other shapes: another lora_r or head width (copy_ would fail, or broadcast a rank-1 tensor).
+    if shaped := [n for n, p in params.items() if tensors[n].shape != p.shape]:
+        where = f"{source}: " if source else ""
+        n = shaped[0]
+        raise SpeechtlError(f"{where}checkpoint's {n} is {tuple(tensors[n].shape)}, the model's "
+                            f"{tuple(params[n].shape)} ({len(shaped)} such parameter(s)); resume with the same "
+                            "method and config")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[n])

@@ -218,6 +218,12 @@ def test_resuming_with_other_trainable_parameters_names_the_checkpoint(tmp_path)
     with pytest.raises(SpeechtlError, match=r"checkpoints/last.pt: checkpoint does not match the model's trainable "
                        r"parameters \(missing \[\], unexpected \['0.bias', '0.weight'\]\)"):
         train(model, MSE(), loader, config=TrainConfig(max_steps=4, progress=False), out_dir=tmp_path, resume=True)
+    # The same names with other shapes (another lora_r, a wider head): named too, not a tensor error.
+    torch.manual_seed(1)
+    wider = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 1))
+    with pytest.raises(SpeechtlError, match=r"checkpoints/last.pt: checkpoint's 0.weight is \(8, 4\), the model's "
+                                            r"\(16, 4\) \(3 such parameter\(s\)\); resume with the same method"):
+        train(wider, MSE(), loader, config=TrainConfig(max_steps=4, progress=False), out_dir=tmp_path, resume=True)
 
 
 def test_checkpoint_state_round_trips_and_older_files_without_the_later_keys_load(tmp_path):
