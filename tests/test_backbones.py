@@ -33,6 +33,41 @@ def test_local_folder_without_config(tmp_path):
         speechtl.create_backbone(tmp_path)
 
 
+def test_any_hub_id_loads_by_the_model_type_in_its_config(tmp_path, monkeypatch):
+    import json
+
+    import huggingface_hub.constants
+
+    # A fine-tuned checkpoint under its author's name, as the hub cache holds it (HF_HUB_OFFLINE=1 reads it).
+    base = speechtl.create_backbone("wavlm-tiny-random")
+    repo = tmp_path / "hub" / "models--someone--wavlm-accented"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    base.model.save_pretrained(snapshot)
+    base.processor.save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    loaded = speechtl.create_backbone("someone/wavlm-accented")
+    assert type(loaded) is type(base) and loaded.name == "someone/wavlm-accented"
+    x, lengths = base.prepare(clips())
+    with torch.no_grad():
+        expected = base.encode(x, lengths).last_hidden_state
+        torch.testing.assert_close(loaded.encode(x, lengths).last_hidden_state, expected)
+    with pytest.raises(ModelNotFoundError, match=r"'someone/elsewhere': not a registered name or a local "
+                                                 r"folder, and its config.json could not be read from the hub "
+                                                 r"\(HF_HUB_OFFLINE"):
+        speechtl.create_backbone("someone/elsewhere")
+    # A path whose folder is missing is not sent to the hub when its first part is a local folder.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"hub/wavlm: no such model folder \(and hub/ here makes it a path"):
+        speechtl.create_backbone("hub/wavlm")
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ModelNotFoundError, match="someone/wavlm-accented: model_type 'gpt2' is not supported"):
+        speechtl.create_backbone("someone/wavlm-accented")
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_forward_shapes_and_protocol(name):
     b = speechtl.create_backbone(name)

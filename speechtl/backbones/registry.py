@@ -1,7 +1,8 @@
 """Backbone registry: builder functions by name, ``create_backbone`` and ``list_backbones``.
 
 Names resolve like ``from_pretrained``: a registered name (packaged offline models and tiny
-random builders), then an existing local folder, then a hub id of a known family.
+random builders), then an existing local folder, then a hub id: of a known family by its prefix, or
+any other by the ``model_type`` of its config.json.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import difflib
 import fnmatch
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,9 +83,46 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
     for prefix, builder in _HUB_FAMILIES:
         if key.startswith(prefix):
             return builder(key, **kwargs)
+    if _HUB_ID.fullmatch(key) and Path(key.split("/")[0]).is_dir():
+        raise ModelNotFoundError(f"{key}: no such model folder (and {key.split('/')[0]}/ here makes it a path, "
+                                 "not a hub id); give an existing folder")
+    if _HUB_ID.fullmatch(key):
+        # Any other hub id (a fine-tuned checkpoint under its author's name): its config says the family.
+        model_type = _hub_model_type(key)
+        builder = _MODEL_TYPES.get(model_type)
+        if builder is None:
+            raise ModelNotFoundError(f"{key}: model_type {model_type!r} is not supported; supported: "
+                                     f"{', '.join(sorted(_MODEL_TYPES))}")
+        return builder(key, **kwargs)
     close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ModelNotFoundError(
         f"unknown model {key!r}{hint} Give a name from speechtl.list_backbones(), a local model folder, "
-        f"or a hub id starting with one of: {', '.join(p for p, _ in _HUB_FAMILIES)}"
+        "or a hub id (owner/name) of a supported model type"
     )
+
+
+# A hub repository id, "owner/name" (a path with more parts, or one that exists, is a folder).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _hub_model_type(repo_id: str) -> str:
+    """The ``model_type`` in a hub model's config.json (fetched, or read from the hub cache when offline)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(repo_id, "config.json")
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except Exception as e:  # noqa: BLE001  (not found, offline, gated, no config.json, damaged: all say the same)
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        offline = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelNotFoundError(
+            f"unknown model {repo_id!r}: not a registered name or a local folder, and its config.json could not be "
+            f"read from the hub{offline} ({reason}). Give a name from speechtl.list_backbones(), a local model folder, "
+            "or a hub model id"
+        ) from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str):
+        raise ModelNotFoundError(f"{repo_id}: its config.json names no model_type; give a transformers model")
+    return model_type
