@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,11 @@ def teardown_distributed(info: DistInfo) -> None:
     global _JOINED
     if info.owns_group and dist.is_initialized():
         dist.barrier()
+        # Gloo's worker threads free each finished work just after it completes, and a work that holds
+        # tensors made in Python (all_gather_object's) needs the GIL to be freed. The group is destroyed
+        # later with the GIL held (when DDP's reducer, its last owner, is freed) and joins those threads:
+        # a thread still freeing a work would wait on the GIL for ever. Sleeping hands them the GIL first.
+        time.sleep(0.2)
         dist.destroy_process_group()
         _JOINED = False
 
