@@ -49,7 +49,7 @@ from transformers import (
 from ..checksums import verify_packaged
 from ..errors import ModelNotFoundError, SpeechtlError
 from .base import EncoderOutput, layer_groups_by_prefix
-from .registry import register_backbone, register_family
+from .registry import offline_hint, register_backbone, register_family
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -524,8 +524,7 @@ def from_pretrained(
             model = AutoModel.from_config(config).to(dtype)
         pre = _read_preprocessor(name_or_path)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
+        hint = offline_hint()
         raise ModelNotFoundError(f"cannot load {name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
     _drop_pooled_output(model)
     model.eval()

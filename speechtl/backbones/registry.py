@@ -45,6 +45,11 @@ def register_family(builder: Callable[..., Any], *, hub_prefixes: tuple[str, ...
         _MODEL_TYPES[mt] = builder
 
 
+def offline_hint() -> str:
+    """What a failed hub load adds to its error when HF_HUB_OFFLINE is set (else nothing)."""
+    return " (HF_HUB_OFFLINE=1 is set: only cached models load)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+
+
 def list_backbones(pattern: str = "*") -> list[str]:
     """Registered names matching a glob ``pattern`` (hub ids and folders are not listed)."""
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
@@ -114,8 +119,7 @@ def _hub_model_type(repo_id: str) -> str:
         path = hf_hub_download(repo_id, "config.json")
         config = json.loads(Path(path).read_text(encoding="utf-8"))
     except Exception as e:  # noqa: BLE001  (not found, offline, gated, no config.json, damaged: all say the same)
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        offline = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
+        offline = offline_hint()
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ModelNotFoundError(
             f"unknown model {repo_id!r}: not a registered name or a local folder, and its config.json could not be "

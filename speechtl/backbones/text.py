@@ -13,7 +13,6 @@ counts, so padding never changes a sentence's states (a padded batch equals one-
 
 from __future__ import annotations
 
-import os
 import string
 from typing import Any
 
@@ -24,7 +23,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertT
 from ..checksums import verify_packaged
 from ..errors import ModelNotFoundError, SpeechtlError
 from .base import EncoderOutput, layer_groups_by_prefix
-from .registry import register_backbone, register_family
+from .registry import offline_hint, register_backbone, register_family
 
 FAMILY_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "deberta-v2", "mpnet")
 
@@ -146,8 +145,7 @@ def from_pretrained(
             torch.manual_seed(seed)
             model = AutoModel.from_config(config).to(dtype)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
+        hint = offline_hint()
         raise ModelNotFoundError(f"cannot load {name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
     if getattr(model, "pooler", None) is not None:
         # The pooler (a dense layer on the first token) is unused by encode(): drop it, so that

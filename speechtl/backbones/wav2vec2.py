@@ -37,7 +37,7 @@ from transformers import (
 from ..errors import AudioError, ModelNotFoundError
 from ._tokenizers import char_vocab
 from .base import EncoderOutput, layer_groups_by_prefix
-from .registry import register_backbone, register_family
+from .registry import offline_hint, register_backbone, register_family
 
 FAMILY_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 
@@ -224,8 +224,7 @@ def from_pretrained(name_or_path: str, *, dtype: torch.dtype = torch.float32, di
         config_overrides.setdefault("ctc_loss_reduction", "mean")
         model = AutoModelForCTC.from_pretrained(name_or_path, dtype=dtype, **config_overrides)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
+        hint = offline_hint()
         raise ModelNotFoundError(f"cannot load {name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
     model.eval()
     processor = Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import os
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ from ..decoding import Hypothesis, compression_ratio, likeliest
 from ..errors import AudioError, ModelNotFoundError, SpeechtlError
 from ._tokenizers import WHISPER_SPECIALS, byte_level_tokenizer
 from .base import EncoderOutput, layer_groups_by_prefix
-from .registry import register_backbone, register_family
+from .registry import offline_hint, register_backbone, register_family
 
 HOP = 160  # mel hop length (samples at 16 kHz): 100 frames per second
 TIMESTAMP_STEP = 0.02  # seconds between Whisper's timestamp tokens
@@ -592,8 +591,7 @@ def from_pretrained(
         model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
         processor = WhisperProcessor.from_pretrained(name_or_path)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
+        hint = offline_hint()
         raise ModelNotFoundError(f"cannot load Whisper model {name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
     model.eval()
     return WhisperBackbone(model, processor, display_name or str(name_or_path), short_clips=short_clips, language=language)
