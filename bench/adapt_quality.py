@@ -487,10 +487,8 @@ def main() -> int:
         "notes": [
             "Dev speakers only score the snapshots along the way; test speakers score the final weights of each "
             "run and choose nothing.",
-            ("One evaluator scores both sides: speechtl's greedy decoder" if args.decoding == "greedy" else
-             "One evaluator scores both sides: speechtl.transcribe's default decoding (temperature fallback, loop "
-             "stop)") + " with 30-s padding (as inference pads), WER with the Whisper normaliser; HF snapshots are "
-            "loaded into a speechtl model with the same LoRA.",
+            f"One evaluator scores both sides: {DECODING_TEXT[args.decoding]}, as inference pads, WER with the "
+            "Whisper normaliser; HF snapshots are loaded into a speechtl model with the same LoRA.",
             "A side's time to a WER is the first snapshot time at or below it, so it is an upper bound.",
             *(["Merged seeds: command, machine, calibration and max_steps at the top level are the latest "
                "command's; measured_by holds each command's, and each run its measured_at."] if earlier else []),
