@@ -248,14 +248,16 @@ def build(inputs: RunInputs, cfg: RunConfig, backbone, *, world: int = 1, rank: 
         raise SpeechtlError(f"{', '.join(sizes)} shape SpecAugment, which is off in this run; set specaug=true "
                             "or remove them")
     # Keys that only Whisper's decoder or its 30-s padding read would be silently ignored.
-    why = {k: "its CTC dev decoding is greedy" for k in ("beam_size",) if spell is not None and k in cfg.user_keys}
-    why |= {k: "they pad Whisper's 30-s input" for k in ("short_clips", "dev_short_clips")
-            if k in cfg.user_keys and not hasattr(backbone, "short_clips")}
-    if why:
-        raise SpeechtlError(f"config key{'s' if len(why) > 1 else ''} {', '.join(sorted(why))} "
-                            f"{'do' if len(why) > 1 else 'does'} not apply to {backbone.name} "
-                            f"({'; '.join(dict.fromkeys(why[k] for k in sorted(why)))}); "
-                            f"remove {'them' if len(why) > 1 else 'it'}")
+    ignored, reasons = [], []
+    if spell is not None and "beam_size" in cfg.user_keys:
+        ignored, reasons = ["beam_size"], ["its CTC dev decoding is greedy"]
+    if padding := [k for k in ("dev_short_clips", "short_clips")
+                   if k in cfg.user_keys and not hasattr(backbone, "short_clips")]:
+        ignored, reasons = ignored + padding, reasons + ["they pad Whisper's 30-s input"]
+    if ignored:
+        many = len(ignored) > 1
+        raise SpeechtlError(f"config key{'s' if many else ''} {', '.join(ignored)} {'do' if many else 'does'} not "
+                            f"apply to {backbone.name} ({'; '.join(reasons)}); remove {'them' if many else 'it'}")
     train_cfg = cfg.train
     if classification and train_cfg.metric == "wer":
         train_cfg = dataclasses.replace(train_cfg, metric="error")
