@@ -28,6 +28,13 @@ interleaved (speechtl, HF, speechtl, HF, ...).
 LoRA and keys): its runs are kept, each with the commit and command that measured it, and the
 summary covers every seed.
 
+``--budget-runs 1,1.25`` also trains, per seed, one separate speechtl run per listed budget (minutes),
+each with its own schedule and ``max_steps`` sized to that budget, and scores its final weights on
+dev and test: what a user who asks for that budget gets, where a snapshot along the main run is the
+middle of a longer schedule. A side's time to the HF recipe's best is then also given counting
+these runs. With ``--merge-with`` and ``--only-budget-runs`` they are added to an earlier result's
+seeds without training its main runs again.
+
 Writes ``bench/results/adapt_quality[_<model>].json`` and a PNG of the curves beside it.
 """
 
@@ -337,6 +344,19 @@ def reach_time(curve: list[dict[str, Any]], target: float) -> float | None:
     return next((p["seconds"] for p in curve if p["dev_wer"] <= target + 1e-12), None)
 
 
+def is_main(run: dict[str, Any], side: str, seed: int) -> bool:
+    """``run`` is ``side``'s run of the whole budget for ``seed`` (not a ``--budget-runs`` one)."""
+    return run["side"] == side and run["seed"] == seed and "budget_run_minutes" not in run
+
+
+def budget_runs_of(runs: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """``seed``'s separate speechtl runs of shorter budgets, shortest first, as (minutes, time, dev and test WER)."""
+    mine = sorted((r for r in runs if r["seed"] == seed and "budget_run_minutes" in r),
+                  key=lambda r: r["budget_run_minutes"])
+    return [{"minutes": r["budget_run_minutes"], "seconds": r["curve"][-1]["seconds"], "steps": r["steps"],
+             "dev_wer": r["final_dev_wer"], "test_wer": r["final_test"]["wer"]} for r in mine]
+
+
 def spread(values: list[float]) -> dict[str, float] | None:
     values = [v for v in values if v is not None]
     if not values:
@@ -367,8 +387,17 @@ def main() -> int:
     ap.add_argument("--merge-with", default=None,
                     help="an earlier result of this script with the same settings and other seeds: its runs are kept "
                          "(each with the commit and command that measured it) and the summary covers all seeds")
+    ap.add_argument("--budget-runs", default="",
+                    help="minutes: per seed, speechtl also trains one separate run per budget (its own schedule, "
+                         "max_steps sized to it), scored at its end on dev and test")
+    ap.add_argument("--only-budget-runs", action="store_true",
+                    help="with --merge-with: train only the --budget-runs, for --seeds of the earlier result, and "
+                         "add them to it")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    budget_runs = [float(m) for m in args.budget_runs.split(",") if m.strip()]
+    if args.only_budget_runs and not (budget_runs and args.merge_with):
+        ap.error("--only-budget-runs adds --budget-runs to the result of --merge-with: give both")
 
     facts = machine_facts()
     splits, data = benchmark_corpus()
@@ -394,21 +423,30 @@ def main() -> int:
                             "train_utterances": len(train), "train_speakers": len({r["speaker"] for r in train}),
                             "dev_utterances": len(dev), "dev_speakers": len({r["speaker"] for r in dev}),
                             "test_utterances": len(test), "test_speakers": len({r["speaker"] for r in test})},
-                   seeds, args.merge_with)
+                   seeds, args.merge_with, budget_runs if args.only_budget_runs else None)
 
-    calibration = {side: calibrate(side, base, args.threads, work) for side in ("speechtl", "hf")}
+    main_sides = () if args.only_budget_runs else ("speechtl", "hf")
+    calibration = {side: calibrate(side, base, args.threads, work)
+                   for side in ("speechtl", "hf") if side in main_sides or (side == "speechtl" and budget_runs)}
     per_step = {side: round(c[0], 3) for side, c in calibration.items()}
-    max_steps = {side: budget_steps(args.budget, *c) for side, c in calibration.items()}
+    max_steps = {side: budget_steps(args.budget, *calibration[side]) for side in main_sides}
+    if budget_runs:
+        max_steps["speechtl_budget_runs"] = {f"{m:g}": budget_steps(m, *calibration["speechtl"]) for m in budget_runs}
     print(f"calibration: {per_step} s/step -> max_steps {max_steps}", flush=True)
 
     runs: list[dict[str, Any]] = []
-    for seed in seeds:
-        for side in ("speechtl", "hf"):
-            spec = {**base, "side": side, "seed": seed, "max_steps": max_steps[side], "marks": marks[side],
-                    "snapshot_dir": str(work / f"{side}-seed{seed}")}
+    for seed in seeds:  # per seed: the main runs, then the shorter ones
+        todo = [(side, max_steps[side], marks[side], f"{side}-seed{seed}", None) for side in main_sides]
+        todo += [("speechtl", max_steps["speechtl_budget_runs"][f"{m:g}"], [], f"speechtl-seed{seed}-{m:g}min", m)
+                 for m in budget_runs]
+        for side, steps, side_marks, folder, minutes in todo:
+            spec = {**base, "side": side, "seed": seed, "max_steps": steps, "marks": side_marks,
+                    "snapshot_dir": str(work / folder)}
             res = run_child(__file__, spec, threads=args.threads)
+            if minutes is not None:
+                res["budget_run_minutes"] = minutes
             res["load_average_after"] = load_average()
-            print(f"{side} seed {seed}: {res['steps']} steps in {res['wall_seconds']} s", flush=True)
+            print(f"{folder}: {res['steps']} steps in {res['wall_seconds']} s", flush=True)
             runs.append(res)
 
     jobs = [{"path": None, "test": True}]
@@ -437,23 +475,30 @@ def main() -> int:
     if earlier is not None:
         sources = [*earlier_sources(earlier), here]
         runs = [*earlier["runs"], *runs]
-        seeds = [*earlier["seeds"], *seeds]
+        seeds = earlier["seeds"] if args.only_budget_runs else [*earlier["seeds"], *seeds]
         if any(s["zero_shot"] != here["zero_shot"] for s in sources):  # the same evaluator must have scored all
             print("warning: the zero-shot WERs differ between the merged commands (see measured_by)", file=sys.stderr)
 
     # Per seed: the HF recipe's best dev WER, when HF reached it, and when speechtl first did.
     per_seed = []
     for seed in seeds:
-        s = next(r for r in runs if r["side"] == "speechtl" and r["seed"] == seed)
-        h = next(r for r in runs if r["side"] == "hf" and r["seed"] == seed)
+        s = next(r for r in runs if is_main(r, "speechtl", seed))
+        h = next(r for r in runs if is_main(r, "hf", seed))
         best = min(p["dev_wer"] for p in h["curve"])
         t_hf = reach_time(h["curve"], best)
         t_s = reach_time(s["curve"], best)
-        per_seed.append({"seed": seed, "hf_best_dev_wer": best, "hf_seconds_to_best": t_hf,
-                         "speechtl_seconds_to_hf_best": t_s,
-                         "time_ratio_speechtl_over_hf": round(t_s / t_hf, 3) if t_s is not None and t_hf else None,
-                         "final_test_wer": {"speechtl": s["final_test"]["wer"], "hf": h["final_test"]["wer"]},
-                         "final_dev_wer": {"speechtl": s["final_dev_wer"], "hf": h["final_dev_wer"]}})
+        row = {"seed": seed, "hf_best_dev_wer": best, "hf_seconds_to_best": t_hf,
+               "speechtl_seconds_to_hf_best": t_s,
+               "time_ratio_speechtl_over_hf": round(t_s / t_hf, 3) if t_s is not None and t_hf else None,
+               "final_test_wer": {"speechtl": s["final_test"]["wer"], "hf": h["final_test"]["wer"]},
+               "final_dev_wer": {"speechtl": s["final_dev_wer"], "hf": h["final_dev_wer"]}}
+        shorter = budget_runs_of(runs, seed)
+        if shorter:
+            reached = [b["seconds"] for b in shorter if b["dev_wer"] <= best + 1e-12]
+            t_any = min([t for t in (t_s, *reached) if t is not None], default=None)
+            row.update({"budget_runs": shorter, "speechtl_seconds_to_hf_best_any_run": t_any,
+                        "time_ratio_any_run": round(t_any / t_hf, 3) if t_any is not None and t_hf else None})
+        per_seed.append(row)
     summary = {
         "time_ratio_speechtl_over_hf": spread([p["time_ratio_speechtl_over_hf"] for p in per_seed]),
         "speechtl_reached_hf_best": sum(p["speechtl_seconds_to_hf_best"] is not None for p in per_seed),
@@ -463,6 +508,12 @@ def main() -> int:
                       "test_ci95": zero["test"]["ci95"]},
         "zero_shot_same_for_every_command": all(s["zero_shot"] == here["zero_shot"] for s in sources),
     }
+    if any("budget_runs" in p for p in per_seed):
+        summary["time_ratio_any_run"] = spread([p.get("time_ratio_any_run") for p in per_seed])
+        minutes = sorted({b["minutes"] for p in per_seed for b in p.get("budget_runs", [])})
+        summary["budget_runs"] = [{"minutes": m, **{k: spread([b[k] for p in per_seed for b in p.get("budget_runs", [])
+                                                          if b["minutes"] == m])
+                                                    for k in ("seconds", "dev_wer", "test_wer")}} for m in minutes]
     total = model_parameters(args.model)
     trainable = next(r["trainable_parameters"] for r in runs if r["side"] == "speechtl")
     summary["trainable_percent"] = round(100 * trainable / total, 3)
@@ -490,6 +541,9 @@ def main() -> int:
             f"One evaluator scores both sides: {DECODING_TEXT[args.decoding]}, as inference pads, WER with the "
             "Whisper normaliser; HF snapshots are loaded into a speechtl model with the same LoRA.",
             "A side's time to a WER is the first snapshot time at or below it, so it is an upper bound.",
+            *(["budget_runs: separate speechtl runs, each with its own schedule sized to a shorter budget, scored "
+               "at their end (dev and test); time_ratio_any_run counts them as well as the main run's snapshots."]
+              if "budget_runs" in summary else []),
             *(["Merged seeds: command, machine, calibration and max_steps at the top level are the latest "
                "command's; measured_by holds each command's, and each run its measured_at."] if earlier else []),
         ],
@@ -512,8 +566,12 @@ SAME_SETTINGS = ("model", "data", "budget_minutes", "marks_minutes", "threads", 
                  "test_speakers")
 
 
-def mergeable(earlier: dict[str, Any], now: dict[str, Any], seeds: list[int], path: str) -> None:
-    """Refuse ``--merge-with`` (before anything runs) when the earlier result measured other settings or seeds."""
+def mergeable(earlier: dict[str, Any], now: dict[str, Any], seeds: list[int], path: str,
+              budget_runs: list[float] | None = None) -> None:
+    """Refuse ``--merge-with`` (before anything runs) when the earlier result measured other settings or seeds.
+
+    With ``budget_runs`` (``--only-budget-runs``) the seeds must be the earlier result's, without those budget runs.
+    """
     if earlier.get("bench") != "adapt_quality":
         raise SystemExit(f"--merge-with {path}: not a result of bench/adapt_quality.py")
     # Results from before --decoding decoded greedily.
@@ -522,6 +580,16 @@ def mergeable(earlier: dict[str, Any], now: dict[str, Any], seeds: list[int], pa
     if differ:
         raise SystemExit(f"--merge-with {path}: measured with other {', '.join(differ)}; run with its settings "
                          f"(its command: {earlier['command']}) or write a new result")
+    if budget_runs is not None:
+        missing = sorted(set(seeds) - set(earlier["seeds"]))
+        if missing:
+            raise SystemExit(f"--merge-with {path}: has no seed(s) {missing} to add budget runs to; its seeds are "
+                             f"{earlier['seeds']}")
+        done = sorted({(r["seed"], r["budget_run_minutes"]) for r in earlier["runs"] if "budget_run_minutes" in r}
+                      & {(s, m) for s in seeds for m in budget_runs})
+        if done:
+            raise SystemExit(f"--merge-with {path}: already has the budget run(s) (seed, minutes) {done}")
+        return
     again = sorted(set(seeds) & set(earlier["seeds"]))
     if again:
         raise SystemExit(f"--merge-with {path}: already has seed(s) {again}; choose other --seeds")
@@ -572,9 +640,24 @@ def _markdown(r: dict[str, Any]) -> str:
                   f"({_pct(ft['speechtl']['min'])}–"
                   f"{_pct(ft['speechtl']['max'])}) vs HF {_pct(ft['hf']['median'])} ({_pct(ft['hf']['min'])}–"
                   f"{_pct(ft['hf']['max'])})."]
+    if "budget_runs" in s:
+        lines += ["", "Separate speechtl runs of shorter budgets (each its own schedule; final weights scored):", "",
+                  "| seed | budget | time | steps | dev WER | test WER | time to HF best, any run | ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for p in r["per_seed"]:
+            t_any = p.get("speechtl_seconds_to_hf_best_any_run")
+            for b in p.get("budget_runs", []):
+                lines.append(f"| {p['seed']} | {b['minutes']:g} min | {b['seconds'] / 60:.2f} min | {b['steps']} | "
+                             f"{_pct(b['dev_wer'])} | {_pct(b['test_wer'])} | "
+                             f"{'not reached' if t_any is None else f'{t_any / 60:.2f} min'} | "
+                             f"{p['time_ratio_any_run'] if p['time_ratio_any_run'] is not None else '—'} |")
+        anyr = s["time_ratio_any_run"]
+        if anyr:
+            lines += ["", f"Counting these runs too, median time ratio {anyr['median']} (range {anyr['min']}–"
+                          f"{anyr['max']}, {anyr['n']} seeds reached the HF recipe's best)."]
     sources = r.get("measured_by", [])
     if len(sources) > 1:
-        lines += ["", "Reproduce (the seeds of each command, the later ones merged with `--merge-with`):"]
+        lines += ["", "Reproduce (each command's runs; the later ones merged with `--merge-with`):"]
         lines += [f"- `{m['command']}` (commit {m['commit'][:7]})" for m in sources]
         lines.append("")
     else:
@@ -592,9 +675,13 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     colours = {"speechtl": "tab:blue", "hf": "tab:orange"}
     labels = {"speechtl": "speechtl-adapt --method lora", "hf": "HF Seq2SeqTrainer + PEFT (guide settings)"}
     for side in ("speechtl", "hf"):
-        for i, res in enumerate(r for r in result["runs"] if r["side"] == side):
+        for i, res in enumerate(r for r in result["runs"] if is_main(r, side, r["seed"])):
             ax.plot([p["seconds"] / 60 for p in res["curve"]], [100 * p["dev_wer"] for p in res["curve"]],
                     marker="o", color=colours[side], alpha=0.8, label=labels[side] if i == 0 else None)
+    shorter = [r for r in result["runs"] if "budget_run_minutes" in r]
+    if shorter:
+        ax.scatter([r["curve"][-1]["seconds"] / 60 for r in shorter], [100 * r["final_dev_wer"] for r in shorter],
+                   marker="s", s=60, color="tab:green", zorder=3, label="speechtl, separate shorter runs (final)")
     ax.set_xlabel("wall-clock minutes of training (2 cores)" if result["threads"] == 2 else "wall-clock minutes")
     ax.set_ylabel("dev WER (%)")
     ax.set_title(f"{result['model']} on speechocean762 dev speakers, {len(result['seeds'])} seeds")
