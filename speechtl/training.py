@@ -45,7 +45,7 @@ from .checkpoint import CHECKPOINT_VERSION, CHECKSUMS, set_rng_state  # noqa: F4
 from .checkpoint import (CheckpointState, Progress, load_checkpoint, load_trainable, remove_stale_temp_files,
                          rng_state, save_checkpoint, trainable_state)
 from .config import TrainConfig
-from .distributed import (DistInfo, all_agree, autocast_context, mean_over_ranks, setup_distributed,
+from .distributed import (DistInfo, all_agree, autocast_context, mean_over_ranks, run_device, setup_distributed,
                           teardown_distributed)
 from .errors import SpeechtlError
 from .fileio import atomic_write_text
@@ -175,22 +175,44 @@ class _Run:
     autocast: Callable[[], contextlib.AbstractContextManager]
 
 
+def check_settings(cfg: TrainConfig, model: nn.Module | None = None) -> None:
+    """Refuse what :func:`train` cannot run on this machine (and ``model``), before anything is set up.
+
+    Recipes call it when they build a run, so that a run that cannot start never replaces an earlier one:
+    the device and the precision on it; with ``model``, gradient checkpointing and the trainable parameters.
+    """
+    try:
+        device = run_device(cfg.device)
+    except RuntimeError as e:
+        raise SpeechtlError(f"device={cfg.device}: not a device ({str(e).splitlines()[0]}); use cpu, cuda or "
+                            "cuda:N, or leave it unset") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index is not None and device.index >= count:
+            raise SpeechtlError(f"device={cfg.device}: this machine has {count} CUDA device(s); use cpu or one of "
+                                "them, or leave device unset")
+    autocast_context(device, cfg.precision)  # fp16 off CUDA
+    if model is None:
+        return
+    if cfg.gradient_checkpointing and not hasattr(model, "enable_gradient_checkpointing"):
+        raise SpeechtlError(f"{type(model).__name__} has no enable_gradient_checkpointing(); "
+                            "set gradient_checkpointing=false")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise SpeechtlError("the model has no trainable parameters; check the transfer method")
+
+
 def _set_up(model: nn.Module, task: Any, train_loader: Iterable, cfg: TrainConfig) -> tuple[_Run, int]:
     """Device, distributed, seeds, precision, optimizer and schedule; also the number of steps to take."""
+    check_settings(cfg, model)
     info = setup_distributed(cfg.device)
     seed_everything(cfg.seed + info.rank)
     model.to(info.device)
     if cfg.gradient_checkpointing:
-        if not hasattr(model, "enable_gradient_checkpointing"):
-            raise SpeechtlError(f"{type(model).__name__} has no enable_gradient_checkpointing(); "
-                                "set gradient_checkpointing=false")
         model.enable_gradient_checkpointing()
     autocast, use_scaler = autocast_context(info.device, cfg.precision)
     scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise SpeechtlError("the model has no trainable parameters; check the transfer method")
     if hasattr(model, "param_groups"):
         groups = model.param_groups(cfg.lr, cfg.weight_decay)
     else:

@@ -73,11 +73,16 @@ def test_adapt_writes_config_adapter_metrics_and_prints_dev_wer(tmp_path, manife
     assert steps == [1, 2, 3, 4]
     code, _, err = run(capsys, *BASE, "--train", manifest, "--out", out, "--resume", *KEYS, "lora_r=8")
     assert code == 2 and "different adapt.lora_r" in err
-    # --overwrite with a run that cannot start (a missing manifest, a key that does not apply) keeps the old run.
+    # --overwrite with a run that cannot start (a missing manifest, a key that does not apply, a precision or
+    # device this machine lacks) keeps the old run.
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    for bad in (["--train", tmp_path / "missing.jsonl", *KEYS], ["--train", manifest, *KEYS, "bottleneck_dim=8"]):
+    for bad, says in ((["--train", tmp_path / "missing.jsonl", *KEYS], "missing.jsonl"),
+                      (["--train", manifest, *KEYS, "bottleneck_dim=8"], "bottleneck_dim"),
+                      (["--train", manifest, *KEYS, "precision=fp16", "device=cpu"], "precision=fp16 needs a CUDA"),
+                      (["--train", manifest, *KEYS, "device=cuda:99"], "device=cuda:99: this machine has"),
+                      (["--train", manifest, *KEYS, "device=gpu"], "device=gpu: not a device")):
         code, _, err = run(capsys, *BASE, "--out", out, "--overwrite", *bad)
-        assert code == 2 and ("missing.jsonl" in err or "bottleneck_dim" in err), err
+        assert code == 2 and says in err, err
         assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     for damaged in ("adapt: [unclosed\n", "- a list\n", "adapt: 3\n"):  # one error naming the file, no traceback
         (out / "config.yaml").write_text(damaged)

@@ -58,13 +58,14 @@ def head_kind(cfg: RunConfig, backbone, recipe: str) -> str:
 
 def build(inputs: RunInputs, cfg: RunConfig, *, task: str = "auto", backbone=None, world: int = 1, rank: int = 0,
           resume_dir: str | os.PathLike | None = None) -> Run:
-    """Create the backbone (unless given), apply the task's recipe defaults, check the keys, wire the run.
+    """Create the backbone (unless given), apply the task's recipe defaults, check the keys, wire the run, and
+    check that training can run it here (device, precision, gradient checkpointing).
 
     With ``resume_dir`` the resolved config must match the interrupted run's saved one, and what that run
     saved for a resumed one (:attr:`Run.save_state`) is read back.
     """
     from ..backbones import create_backbone
-    from ..training import seed_everything
+    from ..training import check_settings, seed_everything
 
     seed_everything(cfg.train.seed)
     if backbone is None:
@@ -76,11 +77,14 @@ def build(inputs: RunInputs, cfg: RunConfig, *, task: str = "auto", backbone=Non
         cfg = cfg.with_defaults(recipe.backbone_defaults(cfg, backbone), where=f"the {name} recipe's model defaults")
     data_task = asr.data_task(cfg) if name == "asr" else name
     check_applicable(cfg, task=data_task, head=head_kind(cfg, backbone, name))
+    check_settings(cfg.train)  # the device and precision, before the recipe (a teacher may decode) uses them
     if resume_dir is not None:
         check_resume_config(Path(resume_dir), cfg)
     # Only speech recognition saves state that a resumed run reads back (the teacher's transcripts).
     resumed = {"resume_dir": Path(resume_dir)} if name == "asr" and resume_dir is not None else {}
-    return recipe.build(inputs, cfg, backbone, world=world, rank=rank, **resumed)
+    run = recipe.build(inputs, cfg, backbone, world=world, rank=rank, **resumed)
+    check_settings(run.train_config, run.model)  # what training would refuse, before an earlier run is replaced
+    return run
 
 
 def execute(run: Run, out: str | os.PathLike, *, resume: bool = False, world: int = 1, rank: int = 0) -> RunResult:
