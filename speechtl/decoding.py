@@ -70,6 +70,16 @@ class DecodeOptions:
         return cls(beam_size=beam_size, temperatures=(0.0,), compression_ratio_threshold=None,
                    logprob_threshold=None, no_speech_threshold=None, max_new_tokens=max_new_tokens)
 
+    def fallback_settings_set(self) -> list[str]:
+        """The fallback fields set to something other than both the defaults and :meth:`plain`'s.
+
+        A model with no fallback (CTC) can run either; any other value would be ignored.
+        """
+        default, plain = DecodeOptions(), DecodeOptions.plain()
+        return [f for f in ("temperatures", "best_of", "compression_ratio_threshold", "logprob_threshold",
+                            "no_speech_threshold", "seed")
+                if getattr(self, f) not in (getattr(default, f), getattr(plain, f))]
+
     @property
     def fallback(self) -> bool:
         return len(self.temperatures) > 1

@@ -157,6 +157,11 @@ def transcribe(
         if opts.beam_size > 1:
             raise SpeechtlError(f"beam_size={opts.beam_size}: a CTC model ({name}) decodes greedily here; use "
                                 "beam_size 1 (for beam search with a word LM, speechtl.ctc_decode.CTCBeamDecoder)")
+        fallback = opts.fallback_settings_set()
+        if fallback:
+            raise SpeechtlError(f"{', '.join(fallback)}: Whisper's fallback settings do not apply to a CTC model "
+                                f"({name}), which decodes once greedily; leave them at their defaults (the "
+                                "--temperatures, --best-of and --*-threshold flags)")
         opts = DecodeOptions.plain(beam_size, max_new_tokens)  # CTC: one pass, nothing to fall back on
 
     # Check every input and find its segments before any model compute: a bad file fails first, named.

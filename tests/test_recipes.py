@@ -246,3 +246,13 @@ def test_whisper_decoding_keys_on_a_ctc_model_are_refused_not_ignored(tone_manif
     with pytest.raises(SpeechtlError, match="beam_size=3: a CTC model"):
         speechtl.transcribe("wav2vec2-tiny-random", [clip], beam_size=3)
     assert len(speechtl.transcribe("wav2vec2-tiny-random", [clip], beam_size=1)) == 1
+    # So do Whisper's fallback settings, which a CTC model has nothing to apply to; the defaults and the
+    # plain options (--no-fallback) are what it runs anyway.
+    from speechtl.decoding import DecodeOptions
+
+    for opts, says in ((DecodeOptions(logprob_threshold=-2.0), "logprob_threshold: Whisper's fallback settings"),
+                       (DecodeOptions(temperatures=(0.0, 0.5), best_of=2), "temperatures, best_of: Whisper's")):
+        with pytest.raises(SpeechtlError, match=re.escape(says)):
+            speechtl.transcribe("wav2vec2-tiny-random", [clip], decode_options=opts)
+    for opts in (DecodeOptions(), DecodeOptions(temperatures=(0.0,)), DecodeOptions.plain()):
+        assert len(speechtl.transcribe("wav2vec2-tiny-random", [clip], decode_options=opts)) == 1
