@@ -189,14 +189,18 @@ def check_settings(cfg: TrainConfig, model: nn.Module | None = None) -> None:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if device.index is not None and device.index >= count:
-            raise SpeechtlError(f"device={cfg.device}: this machine has {count} CUDA device(s); use cpu or one of "
-                                "them, or leave device unset")
-    autocast_context(device, cfg.precision)  # fp16 off CUDA
+            chosen = f"device={cfg.device}" if cfg.device else f"this process's GPU ({device}, by its LOCAL_RANK)"
+            raise SpeechtlError(f"{chosen}: this machine has {count} CUDA device(s); "
+                                + ("use device=cpu" if count == 0 else
+                                   f"use cuda:0 to cuda:{count - 1}, or at most {count} processes per machine"))
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise SpeechtlError("precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
     if model is None:
         return
-    if cfg.gradient_checkpointing and not hasattr(model, "enable_gradient_checkpointing"):
-        raise SpeechtlError(f"{type(model).__name__} has no enable_gradient_checkpointing(); "
-                            "set gradient_checkpointing=false")
+    if cfg.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing",
+                                                  hasattr(model, "enable_gradient_checkpointing")):
+        raise SpeechtlError(f"{getattr(model, 'name', type(model).__name__)} does not support gradient "
+                            "checkpointing; set gradient_checkpointing=false")
     if not any(p.requires_grad for p in model.parameters()):
         raise SpeechtlError("the model has no trainable parameters; check the transfer method")
 

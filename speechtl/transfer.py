@@ -166,12 +166,15 @@ class AdaptedModel(nn.Module):
         drops = [getattr(cfg, k, 0) or 0 for k in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")]
         return not self.backbone_frozen and any(d > 0 for d in drops)
 
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.backbone.model, "supports_gradient_checkpointing", False))
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the backbone's layer activations in backward (less memory, ~30% more compute)."""
-        model = self.backbone.model
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise SpeechtlError(f"{self.name} does not support gradient checkpointing")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not self.supports_gradient_checkpointing:
+            raise SpeechtlError(f"{self.name} does not support gradient checkpointing; set gradient_checkpointing=false")
+        self.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # -- what trains ----------------------------------------------------------------------------
     def _finetune_groups(self) -> set[str]:

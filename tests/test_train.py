@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 
 import pytest
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from speechtl.config import TrainConfig
 from speechtl.errors import SpeechtlError
-from speechtl.training import autocast_context, lr_lambda, train
+from speechtl.training import autocast_context, check_settings, lr_lambda, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,6 +94,28 @@ def test_cpu_precision():
     assert not scaler and ctx().__class__.__name__ == "nullcontext"
     with pytest.raises(SpeechtlError, match="fp16 needs a CUDA"):
         autocast_context(torch.device("cpu"), "fp16")
+
+
+def test_settings_training_cannot_run_are_refused_before_it_starts():
+    class NoCheckpointing(nn.Linear):
+        supports_gradient_checkpointing = False
+
+        def enable_gradient_checkpointing(self):  # present, as on every speechtl model, yet unsupported
+            raise AssertionError("check_settings must not call it")
+
+    model = NoCheckpointing(2, 2)
+    check_settings(TrainConfig(device="cpu"), model)
+    for cfg, says in ((TrainConfig(device="cpu", gradient_checkpointing=True), "does not support gradient checkpoint"),
+                      (TrainConfig(device="cpu", precision="fp16"), "fp16 needs a CUDA"),
+                      (TrainConfig(device="tpu0"), "device=tpu0: not a device"),
+                      (TrainConfig(device=f"cuda:{torch.cuda.device_count() + 3}"), "CUDA device(s)")):
+        with pytest.raises(SpeechtlError, match=re.escape(says)):
+            check_settings(cfg, model)
+    model.weight.requires_grad_(False)
+    model.bias.requires_grad_(False)
+    with pytest.raises(SpeechtlError, match="no trainable parameters"):
+        check_settings(TrainConfig(device="cpu"), model)
+    check_settings(TrainConfig(device="cpu"))  # without a model, only the device and precision
 
 
 def test_loss_falls_and_log_and_checkpoint_hold_only_trainable(tmp_path):
