@@ -96,7 +96,8 @@ def transcribe(
         max_seconds: refuse inputs longer than this (None: no limit).
         decode_options: Whisper's decoding and fallback settings (:class:`~speechtl.decoding.DecodeOptions`;
             by default OpenAI's thresholds and temperatures with ``beam_size`` and ``max_new_tokens``).
-            ``DecodeOptions.plain()`` decodes once at temperature 0.
+            ``DecodeOptions.plain()`` decodes once at temperature 0. A CTC model decodes once greedily and
+            refuses fallback settings other than these two.
         short_clips: Whisper: how far each batch of segments is padded before encoding. ``"auto"``
             (default) decodes each route the way its model trained: an adapter whose training padded
             clips only to the batch's longest (``short_clips`` in its ``adapter.json``, the Whisper
@@ -159,10 +160,10 @@ def transcribe(
                                 "beam_size 1 (for beam search with a word LM, speechtl.ctc_decode.CTCBeamDecoder)")
         fallback = opts.fallback_settings_set()
         if fallback:
-            raise SpeechtlError(f"{', '.join(fallback)}: Whisper's fallback settings do not apply to a CTC model "
-                                f"({name}), which decodes once greedily; leave them at their defaults (the "
-                                "--temperatures, --best-of and --*-threshold flags)")
-        opts = DecodeOptions.plain(beam_size, max_new_tokens)  # CTC: one pass, nothing to fall back on
+            raise SpeechtlError(f"decode options {', '.join(fallback)}: Whisper's fallback settings do not apply to "
+                                f"a CTC model ({name}), which decodes once greedily; leave them at their defaults "
+                                "(speechtl-transcribe: the --temperatures, --best-of and --*-threshold flags)")
+        opts = DecodeOptions.plain(opts.beam_size, opts.max_new_tokens)  # CTC: one pass, nothing to fall back on
 
     # Check every input and find its segments before any model compute: a bad file fails first, named.
     rate = runner.sample_rate

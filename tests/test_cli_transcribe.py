@@ -43,3 +43,9 @@ def test_transcribe_cli_with_an_adapter_equals_the_python_api(tmp_path, capsys, 
     assert all(a != b for a, b in zip(expected, base))  # the adapter was applied, to every file
     assert transcribe_main([MODEL, *map(str, files), "--json", "--no-progress"]) == 0
     assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == base
+    # A CTC model decodes once greedily: --no-fallback is what it does anyway; a threshold it would ignore is an error.
+    assert transcribe_main([MODEL, str(files[0]), "--no-fallback", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == base[0]
+    assert transcribe_main([MODEL, str(files[0]), "--logprob-threshold", "-2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "logprob_threshold: Whisper's fallback settings do not apply to a CTC model" in err, err
