@@ -350,7 +350,7 @@ def is_main(run: dict[str, Any], side: str, seed: int) -> bool:
 
 
 def budget_runs_of(runs: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """``seed``'s separate speechtl runs of shorter budgets, shortest first, as (minutes, time, dev and test WER)."""
+    """``seed``'s separate speechtl runs of shorter budgets, shortest first: minutes, time, steps, dev and test WER."""
     mine = sorted((r for r in runs if r["seed"] == seed and "budget_run_minutes" in r),
                   key=lambda r: r["budget_run_minutes"])
     return [{"minutes": r["budget_run_minutes"], "seconds": r["curve"][-1]["seconds"], "steps": r["steps"],
@@ -398,6 +398,9 @@ def main() -> int:
     budget_runs = [float(m) for m in args.budget_runs.split(",") if m.strip()]
     if args.only_budget_runs and not (budget_runs and args.merge_with):
         ap.error("--only-budget-runs adds --budget-runs to the result of --merge-with: give both")
+    if len({f"{m:g}" for m in budget_runs}) != len(budget_runs) or any(not 0 < m < args.budget for m in budget_runs):
+        ap.error(f"--budget-runs {args.budget_runs}: give distinct budgets between 0 and --budget ({args.budget:g}) "
+                 "minutes")
 
     facts = machine_facts()
     splits, data = benchmark_corpus()
@@ -415,6 +418,8 @@ def main() -> int:
              for side, arg in (("speechtl", args.marks), ("hf", args.hf_marks))}
     base = {"model": args.model, "train": train, "lora": lora, "keys": keys, "threads": args.threads}
     seeds = [int(s) for s in args.seeds.split(",")]
+    if len(set(seeds)) != len(seeds):
+        ap.error(f"--seeds {args.seeds}: each seed once")
     earlier = json.loads(Path(args.merge_with).read_text()) if args.merge_with else None
     if earlier is not None:
         mergeable(earlier, {"model": args.model, "data": data, "budget_minutes": args.budget, "marks_minutes": marks,
@@ -493,7 +498,7 @@ def main() -> int:
                "final_test_wer": {"speechtl": s["final_test"]["wer"], "hf": h["final_test"]["wer"]},
                "final_dev_wer": {"speechtl": s["final_dev_wer"], "hf": h["final_dev_wer"]}}
         shorter = budget_runs_of(runs, seed)
-        if shorter:
+        if any("budget_run_minutes" in r for r in runs):  # every seed, so both ratios cover the same seeds
             reached = [b["seconds"] for b in shorter if b["dev_wer"] <= best + 1e-12]
             t_any = min([t for t in (t_s, *reached) if t is not None], default=None)
             row.update({"budget_runs": shorter, "speechtl_seconds_to_hf_best_any_run": t_any,
@@ -544,8 +549,9 @@ def main() -> int:
             *(["budget_runs: separate speechtl runs, each with its own schedule sized to a shorter budget, scored "
                "at their end (dev and test); time_ratio_any_run counts them as well as the main run's snapshots."]
               if "budget_runs" in summary else []),
-            *(["Merged seeds: command, machine, calibration and max_steps at the top level are the latest "
-               "command's; measured_by holds each command's, and each run its measured_at."] if earlier else []),
+            *(["Merged commands: command, machine, calibration and max_steps at the top level are the latest "
+               "command's (after --only-budget-runs, its shorter runs' only); measured_by holds each command's, and "
+               "each run its measured_at."] if earlier else []),
         ],
     }
     out.with_suffix(".md").write_text(_markdown(result))
@@ -617,7 +623,8 @@ def _pct(x: float | None) -> str:
 
 
 def _markdown(r: dict[str, Any]) -> str:
-    """The result as a table: per seed, the HF recipe's best dev WER, each side's time to it, final test WERs."""
+    """The result as tables: per seed, the HF recipe's best dev WER, each side's time to it, final test WERs; and
+    the separate shorter runs, if any."""
     s = r["summary"]
     lines = [f"# Time to quality, {r['model']}: speechtl-adapt --method lora against the HF recipe", "",
              f"{r['train_speakers']} train speakers ({r['train_utterances']} clips); dev {r['dev_speakers']} speakers "
