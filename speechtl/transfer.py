@@ -173,7 +173,8 @@ class AdaptedModel(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the backbone's layer activations in backward (less memory, ~30% more compute)."""
         if not self.supports_gradient_checkpointing:
-            raise SpeechtlError(f"{self.name} does not support gradient checkpointing; set gradient_checkpointing=false")
+            raise SpeechtlError(f"{self.name} does not support gradient checkpointing; "
+                                "set gradient_checkpointing=false")
         self.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # -- what trains ----------------------------------------------------------------------------
