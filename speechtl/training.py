@@ -193,8 +193,8 @@ def check_settings(cfg: TrainConfig, model: nn.Module | None = None) -> None:
             raise SpeechtlError(f"{chosen}: this machine has {count} CUDA device(s); "
                                 + ("use device=cpu" if count == 0 else
                                    f"use cuda:0 to cuda:{count - 1}, or at most {count} processes per machine"))
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise SpeechtlError("precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    if cfg.precision != "auto":  # "auto" asks the GPU what it supports, and always finds something
+        autocast_context(device, cfg.precision)  # refuses fp16 off CUDA
     if model is None:
         return
     if cfg.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing",
