@@ -88,10 +88,10 @@ def create_backbone(name: str | os.PathLike, **kwargs: Any):
     for prefix, builder in _HUB_FAMILIES:
         if key.startswith(prefix):
             return builder(key, **kwargs)
-    if _HUB_ID.fullmatch(key) and Path(key.split("/")[0]).is_dir():
-        raise ModelNotFoundError(f"{key}: no such model folder (and {key.split('/')[0]}/ here makes it a path, "
-                                 "not a hub id); give an existing folder")
     if _HUB_ID.fullmatch(key):
+        if Path(key.split("/")[0]).is_dir():
+            raise ModelNotFoundError(f"{key}: no such model folder (and {key.split('/')[0]}/ here makes it a path, "
+                                     "not a hub id); give an existing folder")
         # Any other hub id (a fine-tuned checkpoint under its author's name): its config says the family.
         model_type = _hub_model_type(key)
         builder = _MODEL_TYPES.get(model_type)
