@@ -188,7 +188,7 @@ def check_settings(cfg: TrainConfig, model: nn.Module | None = None) -> None:
                             "cuda:N, or leave it unset") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if device.index is not None and device.index >= count:
+        if device.index >= count:  # run_device always names the index
             chosen = f"device={cfg.device}" if cfg.device else f"this process's GPU ({device}, by its LOCAL_RANK)"
             raise SpeechtlError(f"{chosen}: this machine has {count} CUDA device(s); "
                                 + ("use device=cpu" if count == 0 else
